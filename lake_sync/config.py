@@ -1,0 +1,284 @@
+"""The task file: named connections and sync tasks, validated before anything runs.
+
+lake_sync.yaml → `${VAR}` / `${VAR:-default}` expansion → pydantic models → `TaskFile`.
+Secrets are `SecretStr`, so they never show up in reprs, logs, run config or errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from lake_sync.errors import ConfigError
+
+DEFAULT_TASK_FILE = "lake_sync.yaml"
+TASK_FILE_ENV = "LAKE_SYNC_TASKS"
+DEFAULT_TEXT_MODEL = "local:all-MiniLM-L6-v2"
+
+# Bulk sizing: 500 documents or 8 MiB per request, whichever comes first, keeps a 384-d
+# document (~4 KiB of JSON) request around 2 MiB, well under ES's 100 MiB http limit.
+DEFAULT_BULK_DOCUMENTS = 500
+DEFAULT_BULK_BYTES = 8 * 1024 * 1024
+# Two requests in flight keep a single-node cluster busy while the next chunk is built.
+DEFAULT_BULK_IN_FLIGHT = 2
+DEFAULT_BULK_RETRIES = 5
+DEFAULT_READ_BATCH_ROWS = 1024
+DEFAULT_POLL_SECONDS = 30
+
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PaimonConnection(_Model):
+    """A Paimon catalog: a filesystem warehouse (local, s3://, oss://) or a REST catalog such as DLF."""
+
+    type: Literal["paimon"]
+    warehouse: str
+    # Passed to pypaimon's CatalogFactory as they are: fs.s3.endpoint, metastore=rest, uri, token, dlf.*
+    options: dict[str, SecretStr] = Field(default_factory=dict)
+
+    def catalog_options(self) -> dict[str, str]:
+        """The options pypaimon expects, secrets revealed; never log the result."""
+        revealed = {key: value.get_secret_value() for key, value in self.options.items()}
+        return {"warehouse": self.warehouse, **revealed}
+
+
+class ElasticsearchConnection(_Model):
+    """An Elasticsearch 8.15+ cluster reached with the official client."""
+
+    type: Literal["elasticsearch"]
+    hosts: list[str] = Field(min_length=1)
+    username: str | None = None
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    ca_certs: str | None = None
+    verify_certs: bool = True
+    request_timeout: float = Field(default=60.0, gt=0)
+
+    @field_validator("hosts")
+    @classmethod
+    def _no_credentials_in_urls(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if re.match(r"^[a-z]+://[^/]*@", host):
+                raise ValueError(
+                    "a host URL carries credentials; put them in username/password or api_key "
+                    "(they are kept secret there)"
+                )
+        return hosts
+
+    @model_validator(mode="after")
+    def _blank_credentials_mean_none(self) -> ElasticsearchConnection:
+        # `${ES_USER:-}` expands to "" when unset: treat that as "no authentication".
+        if self.password is not None and not self.password.get_secret_value():
+            object.__setattr__(self, "password", None)
+        if self.api_key is not None and not self.api_key.get_secret_value():
+            object.__setattr__(self, "api_key", None)
+        if self.username == "":
+            object.__setattr__(self, "username", None)
+        return self
+
+
+Connection = Annotated[PaimonConnection | ElasticsearchConnection, Field(discriminator="type")]
+
+
+class SourceConfig(_Model):
+    connection: str
+    database: str
+    table: str
+
+
+class TargetConfig(_Model):
+    connection: str
+    index: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class Transform(_Model):
+    """Embed one column into a vector field."""
+
+    field: str
+    embed: Literal["text"]
+    model: str = DEFAULT_TEXT_MODEL
+    to: str
+
+
+class ScheduleConfig(_Model):
+    poll_seconds: int = Field(default=DEFAULT_POLL_SECONDS, ge=1)
+
+
+class BulkConfig(_Model):
+    max_documents: int = Field(default=DEFAULT_BULK_DOCUMENTS, ge=1)
+    max_bytes: int = Field(default=DEFAULT_BULK_BYTES, ge=1024)
+    max_in_flight: int = Field(default=DEFAULT_BULK_IN_FLIGHT, ge=1)
+    max_retries: int = Field(default=DEFAULT_BULK_RETRIES, ge=0)
+
+
+class ErrorBudgetConfig(_Model):
+    """How many dead-lettered documents a run tolerates before it fails (cursor unmoved)."""
+
+    max_errors: int | None = Field(default=None, ge=0)
+    max_error_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class Task(_Model):
+    """One sync task: a Paimon table → documents (+ vectors) → an Elasticsearch index."""
+
+    name: str = Field(pattern=_NAME)
+    source: SourceConfig
+    target: TargetConfig
+    fields: list[str] | None = None
+    transforms: list[Transform] = Field(default_factory=list)
+    mapping: dict[str, str] = Field(default_factory=dict)
+    primary_key: str | list[str] | None = None
+    schedule: ScheduleConfig = ScheduleConfig()
+    bulk: BulkConfig = BulkConfig()
+    errors: ErrorBudgetConfig = ErrorBudgetConfig()
+    read_batch_rows: int = Field(default=DEFAULT_READ_BATCH_ROWS, ge=1)
+
+    @property
+    def primary_key_columns(self) -> list[str] | None:
+        if self.primary_key is None:
+            return None
+        return [self.primary_key] if isinstance(self.primary_key, str) else list(self.primary_key)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Task:
+        if self.primary_key is not None and not self.primary_key_columns:
+            raise ValueError("primary_key: give a column name or a non-empty list of column names")
+        targets = [transform.to for transform in self.transforms]
+        duplicated = sorted({name for name in targets if targets.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"transforms: vector field(s) {duplicated} are produced twice; give each 'to' its own name")
+        document_fields = set(self.mapping.get(name, name) for name in self.fields or [])
+        clashing = sorted(document_fields.intersection(targets))
+        if clashing:
+            raise ValueError(f"transforms: 'to' field(s) {clashing} would overwrite synced fields; rename them")
+        return self
+
+
+class TaskFile(_Model):
+    """Connections by name, and the tasks that use them."""
+
+    connections: dict[str, Connection]
+    tasks: list[Task] = Field(default_factory=list)
+    state_dir: str = ".lake_sync"
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> TaskFile:
+        names = [task.name for task in self.tasks]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"tasks: names {duplicated} are used twice; task names must be unique")
+        for task in self.tasks:
+            for role, ref, kind in (
+                ("source", task.source.connection, PaimonConnection),
+                ("target", task.target.connection, ElasticsearchConnection),
+            ):
+                connection = self.connections.get(ref)
+                if connection is None:
+                    raise ValueError(
+                        f"task '{task.name}': {role}.connection '{ref}' is not defined; "
+                        f"defined connections: {sorted(self.connections)}"
+                    )
+                if not isinstance(connection, kind):
+                    expected = kind.model_fields["type"].annotation.__args__[0]
+                    raise ValueError(
+                        f"task '{task.name}': {role}.connection '{ref}' has type '{connection.type}', "
+                        f"expected type '{expected}'"
+                    )
+        return self
+
+    def task(self, name: str) -> Task:
+        """The task called `name`; a ConfigError lists the known names otherwise."""
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise ConfigError(f"no task named '{name}'; tasks in this file: {[t.name for t in self.tasks]}")
+
+    def source_connection(self, task: Task) -> PaimonConnection:
+        return self.connections[task.source.connection]  # type: ignore[return-value]
+
+    def target_connection(self, task: Task) -> ElasticsearchConnection:
+        return self.connections[task.target.connection]  # type: ignore[return-value]
+
+
+def expand_env(value: Any, *, environ: dict[str, str] | None = None, where: str = "") -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string of a parsed YAML tree."""
+    env = os.environ if environ is None else environ
+    if isinstance(value, dict):
+        return {key: expand_env(item, environ=env, where=f"{where}.{key}".lstrip(".")) for key, item in value.items()}
+    if isinstance(value, list):
+        return [expand_env(item, environ=env, where=f"{where}[{i}]") for i, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set; set it or write ${{{name}:-default}}")
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def resolve_task_file_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The task file to use: the given path, else $LAKE_SYNC_TASKS, else ./lake_sync.yaml."""
+    return Path(path or os.environ.get(TASK_FILE_ENV) or DEFAULT_TASK_FILE)
+
+
+def load_task_file(path: str | os.PathLike[str] | None = None, *, environ: dict[str, str] | None = None) -> TaskFile:
+    """Read, expand and validate a task file; any problem is a ConfigError naming task and field."""
+    file_path = resolve_task_file_path(path)
+    try:
+        raw = yaml.safe_load(file_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"task file {file_path} does not exist; create it or pass --tasks PATH") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file_path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file_path}: expected a mapping with 'connections' and 'tasks'")
+    return parse_task_file(expand_env(raw, environ=environ), source=str(file_path))
+
+
+def parse_task_file(data: dict[str, Any], *, source: str = "task file") -> TaskFile:
+    """Validate an already-expanded task-file tree."""
+    try:
+        return TaskFile.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(_describe(e, data) for e in error.errors())) from None
+
+
+def _describe(error: Any, data: dict[str, Any]) -> str:
+    location = list(error["loc"])
+    prefix = ""
+    if len(location) >= 2 and location[0] == "tasks" and isinstance(location[1], int):
+        tasks = data.get("tasks") or []
+        task = tasks[location[1]] if location[1] < len(tasks) else {}
+        name = task.get("name") if isinstance(task, dict) else None
+        prefix = f"task '{name}': " if name else f"task #{location[1] + 1}: "
+        location = location[2:]
+    field = ".".join(str(part) for part in location)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "literal_error":
+        message = f"{message} (got {error.get('input')!r})"
+    if error["type"] == "extra_forbidden":
+        message = "unknown field; check the spelling against the README's task-file reference"
+    return f"  - {prefix}{field + ': ' if field else ''}{message}"

@@ -1,0 +1,31 @@
+"""One small exception hierarchy, so callers can tell configuration, source and target failures apart."""
+
+from __future__ import annotations
+
+
+class LakeSyncError(Exception):
+    """Base of every error lake-sync raises on purpose."""
+
+
+class ConfigError(LakeSyncError):
+    """The task file or a command's arguments are invalid; nothing was run."""
+
+
+class SourceError(LakeSyncError):
+    """The Paimon warehouse, database, table or a configured column cannot be used."""
+
+
+class EmbedError(LakeSyncError):
+    """An embedding model cannot be loaded or answered wrongly."""
+
+
+class TargetError(LakeSyncError):
+    """The search cluster cannot be reached, refused the credentials, or rejected the request."""
+
+
+class MappingConflictError(TargetError):
+    """An existing index has a mapping that disagrees with the task; no document was written."""
+
+
+class TooManyErrorsError(LakeSyncError):
+    """More documents failed than the task's error budget allows; the cursor was not moved."""

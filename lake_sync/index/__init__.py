@@ -1,0 +1,1 @@
+"""The Elasticsearch target: client, mappings, bulk writer, dead letters and the cursor."""

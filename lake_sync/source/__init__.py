@@ -1,0 +1,1 @@
+"""The Paimon source: catalogs, snapshots and streamed reads; knows nothing of the index."""

@@ -1,0 +1,115 @@
+"""Shared fixtures: a real noida-db search server, real Paimon warehouses, task files.
+
+The search server is started once per session on 127.0.0.1 with port 0 and a temporary
+data dir, and stopped by its PID; with ES_URL set, the tests use that cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from elasticsearch import Elasticsearch
+
+from lake_sync.config import TaskFile, parse_task_file
+from lake_sync.local.search_server import start_search_server
+
+
+@pytest.fixture(scope="session")
+def es_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("ES_URL"):
+        yield os.environ["ES_URL"]
+        return
+    server = start_search_server(tmp_path_factory.mktemp("noida"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        assert server.process.poll() is not None, "the search server outlived the test session"
+
+
+@pytest.fixture(scope="session")
+def es(es_url: str) -> Iterator[Elasticsearch]:
+    client = Elasticsearch(es_url, request_timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def index_name(es: Elasticsearch) -> Iterator[str]:
+    """A fresh index name per test, deleted afterwards (with its dead-letter companions)."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    yield name
+    es.options(ignore_status=404).indices.delete(index=name)
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> str:
+    return str(tmp_path / "warehouse")
+
+
+def write_paimon_table(
+    warehouse: str,
+    identifier: str,
+    data: pa.Table,
+    *,
+    primary_keys: list[str] | None = None,
+    buckets: int = 2,
+    options: dict[str, str] | None = None,
+) -> Any:
+    """Create a Paimon table in `warehouse` and commit `data` as its first snapshot."""
+    from pypaimon import CatalogFactory, Schema
+
+    catalog = CatalogFactory.create({"warehouse": warehouse})
+    catalog.create_database(identifier.split(".")[0], True)
+    table_options = {"bucket": str(buckets)} if primary_keys else {}
+    table_options.update(options or {})
+    schema = Schema.from_pyarrow_schema(data.schema, primary_keys=primary_keys, options=table_options)
+    catalog.create_table(identifier, schema, False)
+    table = catalog.get_table(identifier)
+    commit_rows(table, data)
+    return table
+
+
+def commit_rows(table: Any, data: pa.Table) -> None:
+    """One commit = one snapshot."""
+    builder = table.new_batch_write_builder()
+    writer, commit = builder.new_write(), builder.new_commit()
+    writer.write_arrow(data)
+    commit.commit(writer.prepare_commit())
+    writer.close()
+    commit.close()
+
+
+TaskFileFactory = Callable[..., TaskFile]
+
+
+@pytest.fixture
+def task_file(warehouse: str, es_url: str, index_name: str, tmp_path: Path) -> TaskFileFactory:
+    """Build a one-task TaskFile against the test warehouse and search server; kwargs override the task."""
+
+    def build(*, connections: dict[str, Any] | None = None, **task: Any) -> TaskFile:
+        spec: dict[str, Any] = {
+            "name": "items",
+            "source": {"connection": "lake", "database": "db", "table": "items"},
+            "target": {"connection": "es", "index": index_name},
+        }
+        spec.update(task)
+        return parse_task_file(
+            {
+                "connections": connections
+                or {
+                    "lake": {"type": "paimon", "warehouse": warehouse},
+                    "es": {"type": "elasticsearch", "hosts": [es_url]},
+                },
+                "tasks": [spec],
+                "state_dir": str(tmp_path / "state"),
+            }
+        )
+
+    return build
