@@ -27,9 +27,9 @@ from lake_sync.index.client import build_client, check_cluster
 from lake_sync.index.cursor import write_cursor
 from lake_sync.index.dead_letters import DeadLetter, DeadLetterFile
 from lake_sync.index.mapping import build_mappings
-from lake_sync.index.target import document_ids, ensure_index
+from lake_sync.index.target import count_documents, document_ids, ensure_index
 from lake_sync.index.writer import BulkLimits, BulkWriter, IndexAction, IndexOutcome
-from lake_sync.source.paimon import PaimonTable, open_table
+from lake_sync.source.paimon import PaimonTable, Snapshot, open_table
 
 PREVIEW_DOCUMENTS = 5
 
@@ -135,6 +135,20 @@ def plan_sync(task: Task, table: PaimonTable) -> SyncPlan:
     return SyncPlan(FieldPlan(renames, list(key_columns)), vectors, mappings)
 
 
+def latest_source_snapshot(task_file: TaskFile, task_name: str) -> Snapshot | None:
+    """The newest snapshot of the task's table: one metadata lookup, no data read."""
+    return _open_source(task_file, task_file.task(task_name)).latest_snapshot()
+
+
+def count_target_documents(task_file: TaskFile, task_name: str) -> int:
+    """Documents in the task's index right now."""
+    task = task_file.task(task_name)
+    connection = task_file.target_connection(task)
+    client = build_client(connection)
+    check_cluster(client, connection)
+    return count_documents(client, task.target.index)
+
+
 def run_full_sync(task_file: TaskFile, task_name: str, *, progress: ProgressCallback | None = None) -> SyncResult:
     """Make the task's index equal to the table's latest snapshot, then record that snapshot.
 
@@ -144,8 +158,7 @@ def run_full_sync(task_file: TaskFile, task_name: str, *, progress: ProgressCall
     """
     started = time.perf_counter()
     task = task_file.task(task_name)
-    source = task_file.source_connection(task)
-    table = open_table(source.catalog_options(), task.source.database, task.source.table)
+    table = _open_source(task_file, task)
     plan = plan_sync(task, table)
     connection = task_file.target_connection(task)
     client = build_client(connection)
@@ -279,6 +292,11 @@ def _check_error_budget(task: Task, rows: int, failed: int) -> None:
             f"task '{task.name}': {failed}/{rows} documents failed, above errors.max_error_rate={budget.max_error_rate}; "
             "the cursor was not moved"
         )
+
+
+def _open_source(task_file: TaskFile, task: Task) -> PaimonTable:
+    source = task_file.source_connection(task)
+    return open_table(source.catalog_options(), task.source.database, task.source.table)
 
 
 def _limits(task: Task) -> BulkLimits:

@@ -84,6 +84,8 @@ def open_table(catalog_options: dict[str, str], database: str, table: str) -> Pa
         catalog = CatalogFactory.create(dict(catalog_options))
         if is_filesystem and not catalog.file_io.exists(warehouse.rstrip("/")):
             raise SourceError(f"Paimon warehouse {warehouse} does not exist; check connections.<name>.warehouse")
+        # The filesystem catalog reports a missing database as a missing table: ask for it first.
+        catalog.get_database(database)
         return PaimonTable(catalog.get_table(f"{database}.{table}"), f"{database}.{table}")
     except DatabaseNotExistException:
         raise SourceError(f"Paimon database '{database}' does not exist in warehouse {warehouse}") from None

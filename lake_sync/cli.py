@@ -1,0 +1,150 @@
+"""The `lake-sync` command line.
+
+`sync` is a run: it executes the task's Dagster job in-process, so it lands in the same run
+history as UI launches (with DAGSTER_HOME set). `search` is not a run: it calls the core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lake_sync.errors import ConfigError, LakeSyncError
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `lake-sync` console script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ConfigError as error:
+        errors.print(f"[red]configuration error:[/red] {error}", markup=True, highlight=False)
+        return 2
+    except LakeSyncError as error:
+        errors.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lake-sync", description="Keep Elasticsearch indexes in step with Paimon tables.")
+    parser.add_argument("--tasks", help="task file (default: $LAKE_SYNC_TASKS, else ./lake_sync.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sync = commands.add_parser("sync", help="sync a task's table into its index (runs the task's Dagster job)")
+    sync.add_argument("task")
+    sync.add_argument("--full", action="store_true", help="full sync from the latest snapshot (the only mode so far)")
+    sync.set_defaults(run=_sync)
+
+    search = commands.add_parser("search", help="semantic search in a task's index")
+    search.add_argument("task")
+    search.add_argument("text")
+    search.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
+    search.set_defaults(run=_search)
+    return parser
+
+
+def _sync(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from lake_sync.defs.definitions import build_defs
+    from lake_sync.defs.jobs import full_sync_job_name
+
+    with Progress(
+        TextColumn(f"[bold]{args.task}[/bold] full sync"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        rows = bar.add_task("rows", total=None)
+        defs = build_defs(args.tasks, progress=lambda done, total: bar.update(rows, completed=done, total=total))
+        job = defs.resolve_job_def(full_sync_job_name(args.task)) if _has_task(defs, args.task) else None
+        if job is None:
+            raise ConfigError(f"no task named '{args.task}' in the task file")
+        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+        # The progress bar and the summary replace Dagster's event log on the terminal.
+        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        result = job.execute_in_process(run_config=quiet, instance=instance, raise_on_error=False)
+    if not result.success:
+        errors.print(f"[red]sync failed:[/red] {_failure_message(result)}", markup=True, highlight=False)
+        return 1
+    metadata = {
+        key: value.value
+        for event in result.get_asset_materialization_events()
+        if event.asset_key and event.asset_key.path[-1] == "search_index"
+        for key, value in event.materialization.metadata.items()
+    }
+    _print_summary(args.task, result.run_id, metadata)
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from lake_sync.config import load_task_file
+    from lake_sync.search import semantic_search
+
+    hits = semantic_search(load_task_file(args.tasks), args.task, args.text, k=args.k)
+    table = Table(title=f"{args.task}: {args.text!r}", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("_id")
+    table.add_column("document")
+    for rank, hit in enumerate(hits, 1):
+        # Short fields first, so names and prices stay visible beside long descriptions.
+        fields = sorted(hit.document.items(), key=lambda item: len(str(item[1])))
+        shown = ", ".join(f"{key}={value}" for key, value in fields)
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.id, shown[:160])
+    console.print(table)
+    return 0
+
+
+def _has_task(defs: Any, task: str) -> bool:
+    from lake_sync.defs.jobs import full_sync_job_name
+
+    return any(job.name == full_sync_job_name(task) for job in defs.jobs or [])
+
+
+def _failure_message(result: Any) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data:
+            error = event.step_failure_data.user_failure_data
+            if error is not None and error.description:
+                return error.description
+            info = event.step_failure_data.error
+            while info is not None and info.cause is not None:
+                info = info.cause
+            return info.message.strip() if info else "unknown error"
+    return "the run did not succeed"
+
+
+def _print_summary(task: str, run_id: str, metadata: dict[str, Any]) -> None:
+    table = Table(title=f"{task}: full sync (run {run_id[:8]})", show_header=False)
+    for key in (
+        "index",
+        "snapshot_id",
+        "status",
+        "rows_read",
+        "documents_indexed",
+        "documents_deleted",
+        "dead_lettered",
+        "dagster/row_count",
+        "duration_s",
+        "dead_letter_file",
+    ):
+        if key in metadata:
+            table.add_row(key.replace("dagster/row_count", "documents_in_index"), str(metadata[key]))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""`make demo` and `make ui`: the main job on embedded defaults, end to end.
+
+local search server (noida-db, data in .demo/search) + sample Paimon table (.demo/warehouse)
+→ `lake-sync sync products --full` (the Dagster job, in-process) → a semantic query.
+With ES_URL set, that cluster is used and no local server is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.console import Console
+
+from lake_sync import cli
+from lake_sync.local.catalogue import write_catalogue
+from lake_sync.local.search_server import start_search_server
+
+DEMO_DIR = Path(".demo")
+DEMO_ROWS = 3000
+DEMO_PORT = 9200
+DEMO_QUERY = "waterproof hiking boots"
+UI_ADDRESS = ("127.0.0.1", 3000)
+
+console = Console()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ui", action="store_true", help="start the Dagster UI on the demo instead of running it")
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        if not os.environ.get("ES_URL"):
+            port = DEMO_PORT if _port_is_free(DEMO_PORT) else 0
+            server = stack.enter_context(start_search_server(DEMO_DIR / "search", port=port))
+            os.environ["ES_URL"] = server.url
+            console.print(f"local search server (noida-db) at {server.url}, data in {DEMO_DIR / 'search'}")
+        return _ui() if args.ui else _demo()
+
+
+def _demo() -> int:
+    warehouse = DEMO_DIR / "warehouse"
+    os.environ.setdefault("LAKE_WAREHOUSE", str(warehouse))
+    console.rule("1. a Paimon table")
+    snapshot = write_catalogue(str(warehouse), rows=DEMO_ROWS)
+    console.print(f"wrote {DEMO_ROWS:,} products to shop.products in {warehouse} (snapshot {snapshot})")
+    console.rule("2. full sync: Paimon → all-MiniLM-L6-v2 → Elasticsearch (Dagster job, in-process)")
+    if cli.main(["sync", "products", "--full"]) != 0:
+        return 1
+    console.rule(f"3. semantic search: {DEMO_QUERY!r}")
+    if cli.main(["search", "products", DEMO_QUERY, "-k", "5"]) != 0:
+        return 1
+    console.rule("next")
+    console.print("Open the Dagster UI on this demo with [bold]make ui[/bold] (http://127.0.0.1:3000).")
+    return 0
+
+
+def _ui() -> int:
+    host, port = UI_ADDRESS
+    console.print(f"Dagster UI at http://{host}:{port} (Ctrl-C stops it and the search server)")
+    command = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", host, "-p", str(port)]
+    # dagster dev stops its webserver, daemon and code servers cleanly on SIGTERM/SIGINT.
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGTERM)
+        return process.wait()
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
