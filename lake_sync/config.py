@@ -76,7 +76,7 @@ class ElasticsearchConnection(_Model):
     @classmethod
     def _no_credentials_in_urls(cls, hosts: list[str]) -> list[str]:
         for host in hosts:
-            if re.match(r"^[a-z]+://[^/]*@", host):
+            if re.match(r"^([a-z][a-z0-9+.-]*://)?[^/]*@", host, re.IGNORECASE):
                 raise ValueError(
                     "a host URL carries credentials; put them in username/password or api_key "
                     "(they are kept secret there)"
@@ -230,10 +230,12 @@ def expand_env(value: Any, *, environ: dict[str, str] | None = None, where: str 
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
+        value = env.get(name)
+        # As in the shell, `${VAR:-default}` also replaces a variable that is set but empty.
+        if default is not None and not value:
             return default
+        if value is not None:
+            return value
         raise ConfigError(f"{where}: environment variable {name} is not set; set it or write ${{{name}:-default}}")
 
     return _ENV_REFERENCE.sub(substitute, value)
@@ -252,7 +254,7 @@ def load_task_file(path: str | os.PathLike[str] | None = None, *, environ: dict[
     except FileNotFoundError:
         raise ConfigError(f"task file {file_path} does not exist; create it or pass --tasks PATH") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{file_path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{file_path} is not valid YAML: {_yaml_problem(error)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{file_path}: expected a mapping with 'connections' and 'tasks'")
     return parse_task_file(expand_env(raw, environ=environ), source=str(file_path))
@@ -266,8 +268,18 @@ def parse_task_file(data: dict[str, Any], *, source: str = "task file") -> TaskF
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(_describe(e, data) for e in error.errors())) from None
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong and where, without the parser's quote of the line: that line may hold a secret."""
+    problem = getattr(error, "problem", None) or type(error).__name__
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def _describe(error: Any, data: dict[str, Any]) -> str:
     location = list(error["loc"])
+    if len(location) >= 3 and location[0] == "connections" and location[2] in ("paimon", "elasticsearch"):
+        # pydantic puts the union's tag in the path (`connections.es.elasticsearch.hosts`); it is no field.
+        del location[2]
     prefix = ""
     if len(location) >= 2 and location[0] == "tasks" and isinstance(location[1], int):
         tasks = data.get("tasks") or []

@@ -50,12 +50,11 @@ def build_task_assets(task: Task) -> list[dg.AssetsDefinition | dg.SourceAsset]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
         source_table = dg.observable_source_asset(
-            observe_source_table,
             key=keys.source,
             group_name=task.name,
             description=f"Paimon table {task.source.database}.{task.source.table}; its data version is the snapshot id.",
             tags={"dagster/kind/paimon": ""},
-        )
+        )(observe_source_table)
 
     @dg.multi_asset(
         name=f"{task.name}_full_sync",
