@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lake-sync", description="Keep Elasticsearch indexes in step with Paimon tables.")
+    parser = argparse.ArgumentParser(
+        prog="lake-sync", description="Keep Elasticsearch indexes in step with Paimon tables."
+    )
     parser.add_argument("--tasks", help="task file (default: $LAKE_SYNC_TASKS, else ./lake_sync.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -164,7 +164,9 @@ class Task(_Model):
         targets = [transform.to for transform in self.transforms]
         duplicated = sorted({name for name in targets if targets.count(name) > 1})
         if duplicated:
-            raise ValueError(f"transforms: vector field(s) {duplicated} are produced twice; give each 'to' its own name")
+            raise ValueError(
+                f"transforms: vector field(s) {duplicated} are produced twice; give each 'to' its own name"
+            )
         document_fields = set(self.mapping.get(name, name) for name in self.fields or [])
         clashing = sorted(document_fields.intersection(targets))
         if clashing:

@@ -127,7 +127,7 @@ def _converter(data_type: pa.DataType) -> Converter | None:
 
 def _timestamp(value: dt.datetime) -> str:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     return value.isoformat()
 
 

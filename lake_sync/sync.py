@@ -23,7 +23,7 @@ from lake_sync.config import Task, TaskFile
 from lake_sync.documents import FieldPlan, RowDocument, batch_documents
 from lake_sync.embed import Embedder, build_embedder
 from lake_sync.errors import ConfigError, TooManyErrorsError
-from lake_sync.index.client import build_client, check_cluster
+from lake_sync.index.client import build_client, check_cluster, target_errors
 from lake_sync.index.cursor import write_cursor
 from lake_sync.index.dead_letters import DeadLetter, DeadLetterFile
 from lake_sync.index.mapping import build_mappings
@@ -123,7 +123,8 @@ def plan_sync(task: Task, table: PaimonTable) -> SyncPlan:
         column_type = schema.field(transform.field).type
         if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
             raise ConfigError(
-                f"task '{task.name}': transforms.field '{transform.field}' is {column_type}; text embedding needs a string column"
+                f"task '{task.name}': transforms.field '{transform.field}' is {column_type}; "
+                "text embedding needs a string column"
             )
     renames = {name: task.mapping.get(name, name) for name in fields}
     vectors = [VectorField(t.field, t.to, build_embedder(t.model)) for t in task.transforms]
@@ -165,19 +166,23 @@ def run_full_sync(task_file: TaskFile, task_name: str, *, progress: ProgressCall
     check_cluster(client, connection)
     snapshot = table.latest_snapshot()
     index = task.target.index
-    existed = ensure_index(client, index, plan.mappings)
+    with target_errors(connection, f"preparing index '{index}'"):
+        existed = ensure_index(client, index, plan.mappings)
     calls_before = sum(vector.embedder.calls for vector in plan.vectors)
 
     writer = BulkWriter(client, index, _limits(task))
     run = _RunState(progress=progress, total=snapshot.total_record_count if snapshot else None, track_ids=existed)
     dead_letter_path = Path(task_file.state_dir) / "dead_letters" / f"{task.name}.jsonl"
-    with DeadLetterFile(dead_letter_path) as dead_letters:
+    doing = f"syncing task '{task.name}' into index '{index}' (the cursor was not moved)"
+    with target_errors(connection, doing), DeadLetterFile(dead_letter_path) as dead_letters:
         snapshot_id = snapshot.id if snapshot else None
 
         def dead_letter(document: RowDocument | IndexOutcome, stage: str, status: int, reason: str) -> None:
             body = document.body if isinstance(document, RowDocument) else document.action.body
             document_id = document.id if isinstance(document, RowDocument) else document.action.id
-            dead_letters.add(DeadLetter(task.name, snapshot_id, document_id, stage, status, reason, _without_vectors(body, plan)))
+            dead_letters.add(
+                DeadLetter(task.name, snapshot_id, document_id, stage, status, reason, _without_vectors(body, plan))
+            )
 
         if snapshot is not None:
             actions = _index_actions(table, snapshot.id, task, plan, run, dead_letter)
@@ -289,7 +294,8 @@ def _check_error_budget(task: Task, rows: int, failed: int) -> None:
         )
     if rows and failed / rows > budget.max_error_rate:
         raise TooManyErrorsError(
-            f"task '{task.name}': {failed}/{rows} documents failed, above errors.max_error_rate={budget.max_error_rate}; "
+            f"task '{task.name}': {failed}/{rows} documents failed, "
+            f"above errors.max_error_rate={budget.max_error_rate}; "
             "the cursor was not moved"
         )
 

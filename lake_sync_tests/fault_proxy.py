@@ -8,7 +8,9 @@ It forwards every request unchanged except where a fault is configured:
   per-item 429 inside an otherwise valid bulk response, forwarding only the accepted operations
   (so a document the proxy rejected really is missing until the client retries it);
 - `require_basic_auth`: answer 401 unless the request carries these credentials;
-- `bulk_delay`: hold every `_bulk` request this long, to observe requests in flight.
+- `bulk_delay`: hold every `_bulk` request this long, to observe requests in flight;
+- `go_dark_at_bulk`: from the Nth `_bulk` request on, drop every connection without answering,
+  as a cluster that went away mid-run would.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class FaultProxy:
         reject_bulk_items: int = 0,
         require_basic_auth: tuple[str, str] | None = None,
         bulk_delay: float = 0.0,
+        go_dark_at_bulk: int = 0,
     ) -> None:
         target = urlsplit(upstream)
         self.upstream_host = target.hostname or "127.0.0.1"
@@ -69,11 +72,15 @@ class FaultProxy:
             else "Basic " + base64.b64encode(":".join(require_basic_auth).encode()).decode()
         )
         self.bulk_delay = bulk_delay
+        self.go_dark_at_bulk = go_dark_at_bulk
+        self.dark = False
         self.log = ProxyLog()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fault-proxy", daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -84,23 +91,35 @@ class FaultProxy:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
 
     # -- called from handler threads ------------------------------------------------------------
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def handle(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        """The response to send, or None to drop the connection without one."""
+        is_bulk = urlsplit(path).path.rstrip("/").endswith("/_bulk")
         with self._lock:
             self.log.paths.append(f"{method} {path}")
+            if is_bulk and self.go_dark_at_bulk and self.log.bulk_requests + 1 >= self.go_dark_at_bulk:
+                self.dark = True
+            if self.dark:
+                return None
         if self.expected_authorization is not None and headers.get("authorization") != self.expected_authorization:
             return 401, {**_ES_HEADERS, "WWW-Authenticate": 'Basic realm="security"'}, _error(401, "security_exception")
-        if urlsplit(path).path.rstrip("/").endswith("/_bulk"):
+        if is_bulk:
             return self._bulk(method, path, headers, body)
         return self.forward(method, path, headers, body)
 
-    def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def forward(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
         connection = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)
         try:
             connection.request(method, path, body=body or None, headers=headers)
@@ -122,7 +141,11 @@ class FaultProxy:
             if self.bulk_delay:
                 time.sleep(self.bulk_delay)
             if number <= self.reject_bulk_requests:
-                return self.reject_status, dict(_ES_HEADERS), _error(self.reject_status, "es_rejected_execution_exception")
+                return (
+                    self.reject_status,
+                    dict(_ES_HEADERS),
+                    _error(self.reject_status, "es_rejected_execution_exception"),
+                )
             if number <= self.reject_bulk_items:
                 return self._reject_every_other_item(method, path, headers, body)
             return self.forward(method, path, headers, body)
@@ -139,7 +162,9 @@ class FaultProxy:
         upstream_items: list[dict[str, Any]] = []
         status, response_headers = 200, dict(_ES_HEADERS)
         if accepted:
-            status, response_headers, data = self.forward(method, path, headers, b"".join(b"".join(a) for a in accepted))
+            status, response_headers, data = self.forward(
+                method, path, headers, b"".join(b"".join(a) for a in accepted)
+            )
             upstream_items = list(orjson.loads(data).get("items", []))
         upstream = iter(upstream_items)
         for position, lines in enumerate(operations):
@@ -179,7 +204,11 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {name.lower(): value for name, value in self.headers.items() if name.lower() not in _HOP_BY_HOP}
-            status, response_headers, data = proxy.handle(self.command, self.path, headers, body)
+            response = proxy.handle(self.command, self.path, headers, body)
+            if response is None:
+                self.close_connection = True
+                return
+            status, response_headers, data = response
             self.send_response(status)
             for name, value in response_headers.items():
                 self.send_header(name, value)
@@ -190,7 +219,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler

@@ -7,7 +7,13 @@ import sys
 
 import pytest
 
-CORE_MODULES = ["lake_sync.sync", "lake_sync.search", "lake_sync.source.paimon", "lake_sync.embed", "lake_sync.index.writer"]
+CORE_MODULES = [
+    "lake_sync.sync",
+    "lake_sync.search",
+    "lake_sync.source.paimon",
+    "lake_sync.embed",
+    "lake_sync.index.writer",
+]
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)

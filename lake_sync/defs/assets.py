@@ -52,7 +52,7 @@ def build_task_assets(task: Task) -> list[dg.AssetsDefinition | dg.SourceAsset]:
         source_table = dg.observable_source_asset(
             key=keys.source,
             group_name=task.name,
-            description=f"Paimon table {task.source.database}.{task.source.table}; its data version is the snapshot id.",
+            description=f"Paimon table {task.source.database}.{task.source.table}; data version = snapshot id.",
             tags={"dagster/kind/paimon": ""},
         )(observe_source_table)
 

@@ -16,7 +16,9 @@ from lake_sync.defs.resources import TaskFileResource, progress_resource
 from lake_sync.sync import ProgressCallback
 
 
-def build_defs(task_file_path: str | os.PathLike[str] | None = None, *, progress: ProgressCallback | None = None) -> dg.Definitions:
+def build_defs(
+    task_file_path: str | os.PathLike[str] | None = None, *, progress: ProgressCallback | None = None
+) -> dg.Definitions:
     """Definitions for every task in the task file (validated now, so a bad file fails at load)."""
     path = resolve_task_file_path(task_file_path).resolve()
     task_file = load_task_file(path)

@@ -36,5 +36,7 @@ class Embedder(ABC):
         if vectors.shape != (len(texts), self.dims):
             from lake_sync.errors import EmbedError
 
-            raise EmbedError(f"model {self.model_id} returned shape {vectors.shape}, expected ({len(texts)}, {self.dims})")
+            raise EmbedError(
+                f"model {self.model_id} returned shape {vectors.shape}, expected ({len(texts)}, {self.dims})"
+            )
         return vectors

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,12 @@ class LocalTextEmbedder(Embedder):
     def _embed(self, texts: list[str]) -> np.ndarray:
         # torch already uses every core; concurrent calls would only fight over them.
         with self._lock:
-            return self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+            return self._model.encode(
+                texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+            )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,7 +52,7 @@ def _load(name: str) -> Any:
     path = _model_path(name)
     try:
         return SentenceTransformer(str(path), device="cpu")
-    except Exception as error:  # noqa: BLE001 - any load failure means the same thing to the user
+    except Exception as error:
         raise EmbedError(f"cannot load local model '{name}' from {path}: {error}") from error
 
 
@@ -61,7 +63,5 @@ def _model_path(name: str) -> Path:
         return Path(importlib.import_module(BUNDLED_MODELS[name]).get_model_path())
     path = Path(name).expanduser()
     if not path.is_dir():
-        raise EmbedError(
-            f"local model '{name}' is neither bundled ({sorted(BUNDLED_MODELS)}) nor a folder on disk"
-        )
+        raise EmbedError(f"local model '{name}' is neither bundled ({sorted(BUNDLED_MODELS)}) nor a folder on disk")
     return path

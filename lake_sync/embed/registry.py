@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from lake_sync.embed.base import Embedder
 from lake_sync.errors import ConfigError
@@ -10,7 +10,7 @@ from lake_sync.errors import ConfigError
 PROVIDERS = ("local", "hash")
 
 
-@lru_cache(maxsize=None)
+@cache
 def build_embedder(spec: str) -> Embedder:
     """The embedder for `local:<model or folder>` or `hash:<dims>`; cached so models load once."""
     provider, _, name = spec.partition(":")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from elasticsearch import AuthenticationException, AuthorizationException, Elasticsearch
+from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, TransportError
 from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch.serializer import OrjsonSerializer
 
@@ -19,7 +21,10 @@ def build_client(connection: ElasticsearchConnection) -> Elasticsearch:
         "max_retries": 0,
         "verify_certs": connection.verify_certs,
         # orjson serialises numpy vectors natively and several times faster than json.
-        "serializers": {"application/json": OrjsonSerializer(), "application/vnd.elasticsearch+json": OrjsonSerializer()},
+        "serializers": {
+            "application/json": OrjsonSerializer(),
+            "application/vnd.elasticsearch+json": OrjsonSerializer(),
+        },
     }
     if connection.ca_certs:
         options["ca_certs"] = connection.ca_certs
@@ -43,3 +48,21 @@ def check_cluster(client: Elasticsearch, connection: ElasticsearchConnection) ->
         raise TargetError(f"Elasticsearch at {where} refused the credentials of {who} (401)") from None
     except AuthorizationException:
         raise TargetError(f"Elasticsearch at {where} denied access (403); the user needs monitor privileges") from None
+
+
+@contextmanager
+def target_errors(connection: ElasticsearchConnection, doing: str) -> Iterator[None]:
+    """Turn client errors raised while `doing` something into a TargetError naming hosts, never secrets.
+
+    After `check_cluster` the cluster can still go away or fail mid-run; callers get a
+    LakeSyncError instead of a transport traceback.
+    """
+    where = ", ".join(connection.hosts)
+    try:
+        yield
+    except TransportError as error:
+        failure = type(error).__name__
+        raise TargetError(f"the request to Elasticsearch at {where} failed while {doing}: {failure}") from None
+    except ApiError as error:
+        status, message = error.meta.status, error.message
+        raise TargetError(f"Elasticsearch at {where} answered {status} while {doing}: {message}") from None

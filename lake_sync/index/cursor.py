@@ -34,6 +34,6 @@ def read_cursor(client: Elasticsearch, index: str) -> SyncCursor | None:
 
 def write_cursor(client: Elasticsearch, index: str, *, task: str, table: str, snapshot_id: int) -> SyncCursor:
     """Record `snapshot_id` as applied; call only after every document was acknowledged."""
-    cursor = SyncCursor(task, table, snapshot_id, dt.datetime.now(dt.timezone.utc).isoformat())
+    cursor = SyncCursor(task, table, snapshot_id, dt.datetime.now(dt.UTC).isoformat())
     client.indices.put_mapping(index=index, meta={META_KEY: asdict(cursor)})
     return cursor

@@ -41,7 +41,7 @@ class DeadLetterFile:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab")
-        record = {"at": dt.datetime.now(dt.timezone.utc).isoformat(), **asdict(letter)}
+        record = {"at": dt.datetime.now(dt.UTC).isoformat(), **asdict(letter)}
         self._file.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
         self.count += 1
 

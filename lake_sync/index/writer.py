@@ -135,7 +135,9 @@ class BulkWriter:
                 filter_path="errors,items.*.status,items.*.error",
             )
         except (AuthenticationException, AuthorizationException) as error:
-            raise TargetError(f"Elasticsearch refused the bulk request to '{self._index}' ({error.meta.status})") from None
+            raise TargetError(
+                f"Elasticsearch refused the bulk request to '{self._index}' ({error.meta.status})"
+            ) from None
         except ESConnectionError as error:
             raise _RetryLater(f"connection error: {type(error).__name__}") from None
         except ApiError as error:

@@ -92,7 +92,9 @@ def catalogue_rows(count: int, *, seed: int = 7, start_id: int = 1) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=CATALOGUE_SCHEMA)
 
 
-def write_catalogue(warehouse: str, *, rows: int, database: str = "shop", table: str = "products", buckets: int = 2) -> int:
+def write_catalogue(
+    warehouse: str, *, rows: int, database: str = "shop", table: str = "products", buckets: int = 2
+) -> int:
     """Create the catalogue table (replacing it) and commit `rows` products; returns the snapshot id."""
     from pypaimon import CatalogFactory, Schema
 
@@ -101,7 +103,9 @@ def write_catalogue(warehouse: str, *, rows: int, database: str = "shop", table:
     identifier = f"{database}.{table}"
     catalog.drop_table(identifier, True)
     options = {"bucket": str(buckets), "rowkind.field": "_op"}
-    catalog.create_table(identifier, Schema.from_pyarrow_schema(CATALOGUE_SCHEMA, primary_keys=["id"], options=options), False)
+    catalog.create_table(
+        identifier, Schema.from_pyarrow_schema(CATALOGUE_SCHEMA, primary_keys=["id"], options=options), False
+    )
     paimon_table = catalog.get_table(identifier)
     builder = paimon_table.new_batch_write_builder()
     # One commit per 50k rows keeps the writer's memory flat for large benchmark tables.

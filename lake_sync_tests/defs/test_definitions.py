@@ -71,7 +71,9 @@ def test_definitions_fail_to_load_from_an_invalid_task_file(
     tmp_path: Path, warehouse: str, es_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEST_ES_URL", es_url)
-    path = _write_task_file(tmp_path, warehouse, es_url, "x", transforms=[{"field": "title", "embed": "video", "to": "v"}])
+    path = _write_task_file(
+        tmp_path, warehouse, es_url, "x", transforms=[{"field": "title", "embed": "video", "to": "v"}]
+    )
 
     with pytest.raises(ConfigError, match=r"task 'kettles': transforms\.0\.embed"):
         build_defs(path)
@@ -117,14 +119,19 @@ def test_full_sync_job_fails_without_retries_when_a_configured_field_is_missing(
     write_paimon_table(warehouse, "db.kettles", ROWS, primary_keys=None)
     path = _write_task_file(tmp_path, warehouse, es_url, index_name, primary_key="id", fields=["id", "colour"])
 
-    result = build_defs(path).resolve_job_def(full_sync_job_name("kettles")).execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+    result = (
+        build_defs(path)
+        .resolve_job_def(full_sync_job_name("kettles"))
+        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     )
 
     assert not result.success
     failures = [e for e in result.all_events if e.is_step_failure]
     assert len(failures) == 1
-    assert "fields: column(s) ['colour'] are not in table db.kettles" in failures[0].step_failure_data.user_failure_data.description
+    assert (
+        "fields: column(s) ['colour'] are not in table db.kettles"
+        in failures[0].step_failure_data.user_failure_data.description
+    )
     assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
     assert not es.indices.exists(index=index_name)
 

@@ -78,7 +78,8 @@ def test_ensure_index_accepts_an_existing_index_with_the_same_mapping(es: Elasti
 
 def test_ensure_index_accepts_an_existing_wider_numeric_or_text_keyword_field(es: Elasticsearch, index_name: str):
     es.indices.create(
-        index=index_name, mappings={"properties": {"n": {"type": "long"}, "id": {"type": "text"}, "s": {"type": "keyword"}}}
+        index=index_name,
+        mappings={"properties": {"n": {"type": "long"}, "id": {"type": "text"}, "s": {"type": "keyword"}}},
     )
 
     wanted = build_mappings({"n": pa.int32(), "id": pa.string(), "s": pa.string()}, {}, keyword_fields={"id"})
@@ -95,7 +96,12 @@ def test_ensure_index_accepts_an_existing_wider_numeric_or_text_keyword_field(es
             {"vec": 384},
             "vector field 'vec' has dims 3, the model gives 384",
         ),
-        ({"price": {"type": "keyword"}}, {"price": pa.int64()}, {}, "field 'price' is mapped as keyword, the task needs long"),
+        (
+            {"price": {"type": "keyword"}},
+            {"price": pa.int64()},
+            {},
+            "field 'price' is mapped as keyword, the task needs long",
+        ),
         ({"n": {"type": "integer"}}, {"n": pa.int64()}, {}, "field 'n' is mapped as integer, the task needs long"),
         (
             {"address": {"properties": {"zip": {"type": "keyword"}}}},

@@ -48,7 +48,9 @@ def vector_index(es: Elasticsearch, index_name: str) -> str:
 
 def documents(count: int, *, start: int = 0) -> list[IndexAction]:
     return [
-        IndexAction("index", f"doc-{n}", {"id": f"doc-{n}", "title": f"title {n}", "rank": n, "vec": [1.0, 0.5, n + 1.0]})
+        IndexAction(
+            "index", f"doc-{n}", {"id": f"doc-{n}", "title": f"title {n}", "rank": n, "vec": [1.0, 0.5, n + 1.0]}
+        )
         for n in range(start, start + count)
     ]
 
@@ -153,7 +155,8 @@ def test_writer_treats_deleting_a_missing_document_as_success(es: Elasticsearch,
 
     outcomes = list(writer.write([IndexAction("delete", "doc-0"), IndexAction("delete", "never-indexed")]))
 
-    assert [(outcome.ok, outcome.status) for outcome in outcomes] == [(True, 200), (True, 404)]
+    assert [outcome.ok for outcome in outcomes] == [True, True]
+    assert outcomes[1].status in (200, 404)  # 404 where the cluster flags the bulk response as having errors
     assert count_documents(es, vector_index) == 1
 
 

@@ -151,7 +151,9 @@ def test_read_snapshot_reads_every_row_of_a_multi_bucket_primary_key_table_with_
 
 
 def test_read_snapshot_reads_every_row_of_an_append_only_table_with_only_the_projected_columns(warehouse: str):
-    data = pa.table({"line": [f"line {n}" for n in range(300)], "n": pa.array(range(300), pa.int32()), "x": [1.0] * 300})
+    data = pa.table(
+        {"line": [f"line {n}" for n in range(300)], "n": pa.array(range(300), pa.int32()), "x": [1.0] * 300}
+    )
     paimon = write_paimon_table(warehouse, "db.log", data)
     commit_rows(paimon, data)  # append-only: the same rows again are new rows
     table = open_table({"warehouse": warehouse}, "db", "log")
