@@ -44,8 +44,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sync = commands.add_parser("sync", help="sync a task's table into its index (runs the task's Dagster job)")
     sync.add_argument("task")
-    sync.add_argument("--full", action="store_true", help="full sync from the latest snapshot (the only mode so far)")
+    sync.add_argument("--full", action="store_true", help="rebuild the index from the latest snapshot, swap it in")
+    sync.add_argument("--keep-old-index", action="store_true", help="with --full: keep the replaced index")
     sync.set_defaults(run=_sync)
+
+    status = commands.add_parser("status", help="cursor, latest snapshot, lag and document count of a task")
+    status.add_argument("task")
+    status.set_defaults(run=_status)
 
     search = commands.add_parser("search", help="semantic search in a task's index")
     search.add_argument("task")
@@ -58,11 +63,13 @@ def _parser() -> argparse.ArgumentParser:
 def _sync(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from lake_sync.defs.assets import SyncConfig, sync_op_name
     from lake_sync.defs.definitions import build_defs
-    from lake_sync.defs.jobs import full_sync_job_name
+    from lake_sync.defs.jobs import sync_job_name
 
+    mode = "full" if args.full else "incremental"
     with Progress(
-        TextColumn(f"[bold]{args.task}[/bold] full sync"),
+        TextColumn(f"[bold]{args.task}[/bold] {mode} sync"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -71,13 +78,16 @@ def _sync(args: argparse.Namespace) -> int:
     ) as bar:
         rows = bar.add_task("rows", total=None)
         defs = build_defs(args.tasks, progress=lambda done, total: bar.update(rows, completed=done, total=total))
-        job = defs.resolve_job_def(full_sync_job_name(args.task)) if _has_task(defs, args.task) else None
-        if job is None:
+        if not any(job.name == sync_job_name(args.task) for job in defs.jobs or []):
             raise ConfigError(f"no task named '{args.task}' in the task file")
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-        # The progress bar and the summary replace Dagster's event log on the terminal.
-        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        result = job.execute_in_process(run_config=quiet, instance=instance, raise_on_error=False)
+        run_config = dg.RunConfig(
+            ops={sync_op_name(args.task): SyncConfig(mode=mode, keep_old_index=args.keep_old_index)},
+            # The progress bar and the summary replace Dagster's event log on the terminal.
+            loggers={"console": {"config": {"log_level": "WARNING"}}},
+        )
+        job = defs.resolve_job_def(sync_job_name(args.task))
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
     if not result.success:
         errors.print(f"[red]sync failed:[/red] {_failure_message(result)}", markup=True, highlight=False)
         return 1
@@ -110,10 +120,25 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _has_task(defs: Any, task: str) -> bool:
-    from lake_sync.defs.jobs import full_sync_job_name
+def _status(args: argparse.Namespace) -> int:
+    from lake_sync.config import load_task_file
+    from lake_sync.sync import count_target_documents, sync_lag
 
-    return any(job.name == full_sync_job_name(task) for job in defs.jobs or [])
+    task_file = load_task_file(args.tasks)
+    lag = sync_lag(task_file, args.task)
+    table = Table(title=f"{args.task}: status", show_header=False)
+    table.add_row("cursor snapshot", str(lag.cursor.snapshot_id) if lag.cursor else "none (never synced)")
+    table.add_row("synced at", lag.cursor.synced_at if lag.cursor else "-")
+    table.add_row("latest snapshot", str(lag.latest_snapshot.id) if lag.latest_snapshot else "none (empty table)")
+    table.add_row("lag (snapshots)", _or_unknown(lag.snapshots_behind))
+    table.add_row("lag (seconds)", _or_unknown(lag.seconds_behind))
+    table.add_row("documents", str(count_target_documents(task_file, args.task)) if lag.cursor else "-")
+    console.print(table)
+    return 0
+
+
+def _or_unknown(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:g}"
 
 
 def _failure_message(result: Any) -> str:
@@ -130,9 +155,13 @@ def _failure_message(result: Any) -> str:
 
 
 def _print_summary(task: str, run_id: str, metadata: dict[str, Any]) -> None:
-    table = Table(title=f"{task}: full sync (run {run_id[:8]})", show_header=False)
+    table = Table(title=f"{task}: sync (run {run_id[:8]})", show_header=False)
     for key in (
         "index",
+        "physical_index",
+        "mode",
+        "reason",
+        "from_snapshot",
         "snapshot_id",
         "status",
         "rows_read",

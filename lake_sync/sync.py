@@ -1,16 +1,20 @@
-"""The pipeline: a Paimon snapshot → documents → vectors → the Elasticsearch index.
+"""The pipeline: Paimon snapshots → documents → vectors → the Elasticsearch index.
 
-pin snapshot → stream Arrow batches → documents (`_id`, renames, JSON values) → embed
-→ bulk writer → outcomes → counts + dead letters → cursor (only when all is accounted for)
+full:        pin snapshot → stream it → documents → embed → new physical index → catch up
+             → cursor → atomic alias swap
+incremental: cursor → changed rows (last event per key) → upserts (embed changed texts only)
+             and deletes → cursor
 
-This is the only module that knows both the source and the target. The CLI and the
-Dagster assets call `run_full_sync` and nothing else.
+This is the only module that knows both the source and the target. The CLI and the Dagster
+assets call `run_sync`; the sensor and `lake-sync status` call `sync_lag`. The cursor is
+written only when every document of the range was indexed or dead-lettered within the
+task's error budget, and `_id`s come from primary keys, so re-running any range is safe.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,20 +22,33 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from elasticsearch import Elasticsearch
 
-from lake_sync.config import Task, TaskFile
-from lake_sync.documents import FieldPlan, RowDocument, batch_documents
+from lake_sync.config import ElasticsearchConnection, Task, TaskFile
+from lake_sync.documents import FieldPlan, RowDocument, batch_documents, encode_id, key_problem
 from lake_sync.embed import Embedder, build_embedder
-from lake_sync.errors import ConfigError, TooManyErrorsError
+from lake_sync.errors import ConfigError, SourceError, TooManyErrorsError
+from lake_sync.index.aliases import (
+    TargetKind,
+    TargetState,
+    delete_unaliased,
+    next_physical_index,
+    resolve_target,
+    swap_alias,
+)
 from lake_sync.index.client import build_client, check_cluster, target_errors
-from lake_sync.index.cursor import write_cursor
+from lake_sync.index.cursor import SyncCursor, read_cursor, write_cursor
 from lake_sync.index.dead_letters import DeadLetter, DeadLetterFile
 from lake_sync.index.mapping import build_mappings
 from lake_sync.index.target import count_documents, document_ids, ensure_index
 from lake_sync.index.writer import BulkLimits, BulkWriter, IndexAction, IndexOutcome
+from lake_sync.source.changes import ChangePlan, ChangeRange, collapse_changes, plan_changes, read_changes
 from lake_sync.source.paimon import PaimonTable, Snapshot, open_table
 
 PREVIEW_DOCUMENTS = 5
+# A resync catches its new index up with commits that landed while it was built; past this
+# many rounds the table is committing faster than we index, and the run says so.
+MAX_CATCH_UP_ROUNDS = 5
 
 #: Called with (rows read so far, rows in the snapshot if known).
 ProgressCallback = Callable[[int, int | None], None]
@@ -39,11 +56,13 @@ ProgressCallback = Callable[[int, int | None], None]
 
 class SyncMode(StrEnum):
     FULL = "full"
+    INCREMENTAL = "incremental"
 
 
 class SyncStatus(StrEnum):
     COMPLETED = "completed"
     COMPLETED_WITH_DEAD_LETTERS = "completed_with_dead_letters"
+    UP_TO_DATE = "up_to_date"
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,8 @@ class VectorField:
     column: str
     field: str
     embedder: Embedder
+    #: The document field holding the embedded text, if the text is synced too.
+    text_field: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,13 +96,17 @@ class SyncResult:
     task: str
     mode: SyncMode
     index: str
+    physical_index: str
+    from_snapshot: int | None
     snapshot_id: int | None
+    reason: str
     rows_read: int
     documents_indexed: int
     documents_deleted: int
     dead_lettered: int
     rejected_keys: int
     texts_embedded: int
+    vectors_reused: int
     model_calls: int
     bulk_requests: int
     seconds: float
@@ -90,7 +115,36 @@ class SyncResult:
 
     @property
     def status(self) -> SyncStatus:
-        return SyncStatus.COMPLETED_WITH_DEAD_LETTERS if self.dead_lettered else SyncStatus.COMPLETED
+        if self.dead_lettered:
+            return SyncStatus.COMPLETED_WITH_DEAD_LETTERS
+        if self.mode is SyncMode.INCREMENTAL and self.from_snapshot == self.snapshot_id:
+            return SyncStatus.UP_TO_DATE
+        return SyncStatus.COMPLETED
+
+
+@dataclass(frozen=True)
+class SyncLag:
+    """How far the index trails the table."""
+
+    cursor: SyncCursor | None
+    cursor_snapshot: Snapshot | None
+    latest_snapshot: Snapshot | None
+
+    @property
+    def snapshots_behind(self) -> int | None:
+        if self.latest_snapshot is None:
+            return 0
+        return None if self.cursor is None else self.latest_snapshot.id - self.cursor.snapshot_id
+
+    @property
+    def seconds_behind(self) -> float | None:
+        if self.latest_snapshot is None or self.cursor is None:
+            return None
+        if self.cursor.snapshot_id >= self.latest_snapshot.id:
+            return 0.0
+        if self.cursor_snapshot is None:
+            return None
+        return (self.latest_snapshot.time_millis - self.cursor_snapshot.time_millis) / 1000
 
 
 def plan_sync(task: Task, table: PaimonTable) -> SyncPlan:
@@ -127,7 +181,7 @@ def plan_sync(task: Task, table: PaimonTable) -> SyncPlan:
                 "text embedding needs a string column"
             )
     renames = {name: task.mapping.get(name, name) for name in fields}
-    vectors = [VectorField(t.field, t.to, build_embedder(t.model)) for t in task.transforms]
+    vectors = [VectorField(t.field, t.to, build_embedder(t.model), renames.get(t.field)) for t in task.transforms]
     mappings = build_mappings(
         {renames[name]: schema.field(name).type for name in fields},
         {vector.field: vector.embedder.dims for vector in vectors},
@@ -144,128 +198,309 @@ def latest_source_snapshot(task_file: TaskFile, task_name: str) -> Snapshot | No
 def count_target_documents(task_file: TaskFile, task_name: str) -> int:
     """Documents in the task's index right now."""
     task = task_file.task(task_name)
-    connection = task_file.target_connection(task)
-    client = build_client(connection)
-    check_cluster(client, connection)
-    return count_documents(client, task.target.index)
+    return count_documents(_connect(task_file.target_connection(task)), task.target.index)
 
 
-def run_full_sync(task_file: TaskFile, task_name: str, *, progress: ProgressCallback | None = None) -> SyncResult:
-    """Make the task's index equal to the table's latest snapshot, then record that snapshot.
+def committed_cursor(task_file: TaskFile, task_name: str) -> SyncCursor | None:
+    """The last snapshot fully applied to the task's index, as stored with the index."""
+    task = task_file.task(task_name)
+    return read_cursor(_connect(task_file.target_connection(task)), task.target.index)
 
-    The snapshot is pinned first, so commits landing during the run wait for the next one.
-    Documents whose keys are gone from the snapshot are deleted. The cursor is written only
-    when every row was indexed or dead-lettered within the task's error budget.
+
+def sync_lag(task_file: TaskFile, task_name: str) -> SyncLag:
+    """The committed cursor against the table's latest snapshot, with the commit times of both."""
+    table = _open_source(task_file, task_file.task(task_name))
+    cursor = committed_cursor(task_file, task_name)
+    latest = table.latest_snapshot()
+    cursor_snapshot = table.snapshot(cursor.snapshot_id) if cursor else None
+    return SyncLag(cursor, cursor_snapshot, latest)
+
+
+@dataclass(frozen=True)
+class SyncVerification:
+    """The index against the snapshot its cursor names: one document per row with a usable key."""
+
+    snapshot_id: int | None
+    rows_with_valid_key: int
+    documents: int
+
+    @property
+    def matches(self) -> bool:
+        return self.rows_with_valid_key == self.documents
+
+
+def verify_sync(task_file: TaskFile, task_name: str) -> SyncVerification:
+    """Count the cursor snapshot's rows with a usable key (reading only key columns) and the documents."""
+    task = task_file.task(task_name)
+    table = _open_source(task_file, task)
+    key_columns = task.primary_key_columns or table.primary_keys
+    client = _connect(task_file.target_connection(task))
+    cursor = read_cursor(client, task.target.index)
+    rows = 0
+    if cursor is not None:
+        for batch in table.read_snapshot(cursor.snapshot_id, columns=key_columns, batch_rows=65_536):
+            keys = zip(*(batch.column(name).to_pylist() for name in key_columns), strict=True)
+            rows += sum(key_problem(list(key), key_columns) is None for key in keys)
+    documents = count_documents(client, task.target.index) if cursor is not None else 0
+    return SyncVerification(cursor.snapshot_id if cursor else None, rows, documents)
+
+
+def run_sync(
+    task_file: TaskFile,
+    task_name: str,
+    *,
+    mode: SyncMode = SyncMode.INCREMENTAL,
+    keep_old_index: bool = False,
+    progress: ProgressCallback | None = None,
+) -> SyncResult:
+    """Bring the task's index up to the table's latest snapshot.
+
+    Incremental applies only the changes since the committed cursor; it falls back to a full
+    resync (and says why in `reason`) on a first sync, an expired cursor snapshot, an
+    overwrite commit or a schema change. A full resync builds a new physical index behind the
+    alias and swaps it in atomically; the old one is deleted unless `keep_old_index`.
     """
     started = time.perf_counter()
     task = task_file.task(task_name)
+    connection = task_file.target_connection(task)
     table = _open_source(task_file, task)
     plan = plan_sync(task, table)
-    connection = task_file.target_connection(task)
-    client = build_client(connection)
-    check_cluster(client, connection)
-    snapshot = table.latest_snapshot()
-    index = task.target.index
-    with target_errors(connection, f"preparing index '{index}'"):
-        existed = ensure_index(client, index, plan.mappings)
-    calls_before = sum(vector.embedder.calls for vector in plan.vectors)
-
-    writer = BulkWriter(client, index, _limits(task))
-    run = _RunState(progress=progress, total=snapshot.total_record_count if snapshot else None, track_ids=existed)
+    client = _connect(connection)
     dead_letter_path = Path(task_file.state_dir) / "dead_letters" / f"{task.name}.jsonl"
-    doing = f"syncing task '{task.name}' into index '{index}' (the cursor was not moved)"
+    doing = f"syncing task '{task.name}' into '{task.target.index}' (the cursor was not moved)"
     with target_errors(connection, doing), DeadLetterFile(dead_letter_path) as dead_letters:
-        snapshot_id = snapshot.id if snapshot else None
-
-        def dead_letter(document: RowDocument | IndexOutcome, stage: str, status: int, reason: str) -> None:
-            body = document.body if isinstance(document, RowDocument) else document.action.body
-            document_id = document.id if isinstance(document, RowDocument) else document.action.id
-            dead_letters.add(
-                DeadLetter(task.name, snapshot_id, document_id, stage, status, reason, _without_vectors(body, plan))
-            )
-
-        if snapshot is not None:
-            actions = _index_actions(table, snapshot.id, task, plan, run, dead_letter)
-            run.consume(writer.write(actions), dead_letter)
-            if existed:
-                stale = (IndexAction("delete", i) for i in document_ids(client, index) if i not in run.seen_ids)
-                run.consume(writer.write(stale), dead_letter)
-        client.indices.refresh(index=index)
-        _check_error_budget(task, run.rows, dead_letters.count)
-        if snapshot is not None:
-            write_cursor(client, index, task=task.name, table=table.identifier, snapshot_id=snapshot.id)
-        return SyncResult(
-            task=task.name,
-            mode=SyncMode.FULL,
-            index=index,
-            snapshot_id=snapshot_id,
-            rows_read=run.rows,
-            documents_indexed=run.indexed,
-            documents_deleted=run.deleted,
-            dead_lettered=dead_letters.count,
-            rejected_keys=run.rejected_keys,
-            texts_embedded=run.texts_embedded,
-            model_calls=sum(vector.embedder.calls for vector in plan.vectors) - calls_before,
-            bulk_requests=writer.requests,
-            seconds=time.perf_counter() - started,
-            dead_letter_path=str(dead_letter_path),
-            preview=[_without_vectors(body, plan, shown=True) for body in run.preview],
-        )
+        run = _Run(task, table, plan, client, dead_letters, progress)
+        target = resolve_target(client, task.target.index)
+        cursor = read_cursor(client, target.write_index) if target.write_index else None
+        if mode is SyncMode.INCREMENTAL and cursor is not None:
+            change = plan_changes(table, cursor.snapshot_id)
+            if change.kind is not ChangeRange.FULL_RESYNC:
+                return run.incremental(target, change, started)
+            run.reason = f"full resync: {change.reason}"
+        elif mode is SyncMode.INCREMENTAL:
+            run.reason = "full sync: the index has no cursor yet (first sync)"
+        else:
+            run.reason = "full resync requested"
+        return run.full(target, cursor, keep_old_index, started)
 
 
 DeadLetterSink = Callable[[Any, str, int, str], None]
 
 
-@dataclass
-class _RunState:
-    """Running counts of one sync; `seen_ids` only when stale documents must be found afterwards."""
+class _Run:
+    """One sync run: counts, dead letters, and the steps full and incremental syncs share."""
 
-    progress: ProgressCallback | None
-    total: int | None
-    track_ids: bool
-    rows: int = 0
-    indexed: int = 0
-    deleted: int = 0
-    rejected_keys: int = 0
-    texts_embedded: int = 0
-    seen_ids: set[str] = field(default_factory=set)
-    preview: list[dict[str, Any]] = field(default_factory=list)
+    def __init__(
+        self,
+        task: Task,
+        table: PaimonTable,
+        plan: SyncPlan,
+        client: Elasticsearch,
+        dead_letters: DeadLetterFile,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.task, self.table, self.plan, self.client = task, table, plan, client
+        self.dead_letters = dead_letters
+        self.progress = progress
+        self.reason = ""
+        self.snapshot_id: int | None = None
+        self.rows = self.indexed = self.deleted = self.rejected_keys = 0
+        self.texts_embedded = self.vectors_reused = self.bulk_requests = 0
+        self.preview: list[dict[str, Any]] = []
+        self.calls_before = self._model_calls()
 
-    def consume(self, outcomes: Iterator[IndexOutcome], dead_letter: DeadLetterSink) -> None:
-        for outcome in outcomes:
+    def full(self, target: TargetState, cursor: SyncCursor | None, keep_old: bool, started: float) -> SyncResult:
+        """Rebuild behind the alias (or in place for a concrete index), catch up, then swap."""
+        snapshot = self.table.latest_snapshot()
+        self.snapshot_id = snapshot.id if snapshot else None
+        if target.kind is TargetKind.CONCRETE:
+            return self._full_in_place(target.name, snapshot, cursor, started)
+        delete_unaliased(self.client, target.name, keep=set())
+        index = next_physical_index(self.client, target.name)
+        ensure_index(self.client, index, self.plan.mappings)
+        if snapshot is not None:
+            self._write(index, self._snapshot_actions(snapshot, seen_ids=None))
+            self._catch_up(index, snapshot.id)
+        self._finish(index)
+        swap_alias(self.client, target.name, index, target.write_index)
+        if target.write_index is not None and not keep_old:
+            self.client.indices.delete(index=target.write_index)
+        return self._result(SyncMode.FULL, target.name, index, cursor.snapshot_id if cursor else None, started)
+
+    def incremental(self, target: TargetState, change: ChangePlan, started: float) -> SyncResult:
+        """Apply one range of changes to the index the alias points at."""
+        assert target.write_index is not None
+        self.snapshot_id = change.end.id if change.end else change.start
+        if change.kind is ChangeRange.INCREMENTAL:
+            self._apply_changes(target.write_index, change)
+        if change.kind is not ChangeRange.UP_TO_DATE:
+            self._finish(target.write_index)
+        return self._result(SyncMode.INCREMENTAL, target.name, target.write_index, change.start, started)
+
+    def _full_in_place(
+        self, index: str, snapshot: Snapshot | None, cursor: SyncCursor | None, started: float
+    ) -> SyncResult:
+        self.reason += (
+            f"; '{index}' is a concrete index, so it was resynced in place (stale documents deleted). "
+            f"For zero-downtime resyncs, reindex it into '{index}-1', delete '{index}' and add the "
+            f"alias '{index}' → '{index}-1' (or delete it and sync again)"
+        )
+        ensure_index(self.client, index, self.plan.mappings)
+        if snapshot is not None:
+            seen: set[str] = set()
+            self._write(index, self._snapshot_actions(snapshot, seen_ids=seen))
+            stale = (IndexAction("delete", i) for i in document_ids(self.client, index) if i not in seen)
+            self._write(index, stale)
+        self._finish(index)
+        return self._result(SyncMode.FULL, index, index, cursor.snapshot_id if cursor else None, started)
+
+    def _catch_up(self, index: str, synced: int) -> None:
+        """Apply commits that landed while the new index was built, until none are left."""
+        for _ in range(MAX_CATCH_UP_ROUNDS):
+            change = plan_changes(self.table, synced)
+            if change.kind is ChangeRange.UP_TO_DATE:
+                return
+            if change.kind is ChangeRange.FULL_RESYNC:
+                raise SourceError(f"the table changed under the resync ({change.reason}); run it again")
+            if change.kind is ChangeRange.INCREMENTAL:
+                self._apply_changes(index, change)
+            assert change.end is not None
+            synced = self.snapshot_id = change.end.id
+        self.reason += f"; still behind after {MAX_CATCH_UP_ROUNDS} catch-up rounds, the next sync continues"
+
+    def _finish(self, index: str) -> None:
+        """Refresh, enforce the error budget, then (and only then) move the cursor."""
+        self.client.indices.refresh(index=index)
+        _check_error_budget(self.task, self.rows, self.dead_letters.count)
+        if self.snapshot_id is not None:
+            write_cursor(
+                self.client, index, task=self.task.name, table=self.table.identifier, snapshot_id=self.snapshot_id
+            )
+
+    def _snapshot_actions(self, snapshot: Snapshot, *, seen_ids: set[str] | None) -> Iterator[IndexAction]:
+        batches = self.table.read_snapshot(snapshot.id, columns=self.plan.columns, batch_rows=self.task.read_batch_rows)
+        for batch in batches:
+            for action in self._upserts(batch, index=None):
+                if seen_ids is not None:
+                    seen_ids.add(action.id)
+                yield action
+            self.rows += batch.num_rows
+            if self.progress is not None:
+                self.progress(self.rows, snapshot.total_record_count)
+
+    def _apply_changes(self, index: str, change: ChangePlan) -> None:
+        batches = read_changes(change, self.table, columns=self.plan.columns, batch_rows=self.task.read_batch_rows)
+        changes = collapse_changes(batches, self.plan.documents.key_columns)
+        self.rows += changes.events
+
+        def actions() -> Iterator[IndexAction]:
+            for batch in changes.upserts.to_batches(max_chunksize=self.task.read_batch_rows):
+                yield from self._upserts(batch, index=index)
+            for key in changes.deletes:
+                if key_problem(key, self.plan.documents.key_columns) is None:
+                    yield IndexAction("delete", encode_id(key))
+
+        self._write(index, actions())
+
+    def _upserts(self, batch: pa.RecordBatch, *, index: str | None) -> Iterator[IndexAction]:
+        """Index actions for a batch of rows; with `index`, vectors of unchanged texts are reused from it."""
+        documents = list(batch_documents(batch, self.plan.documents))
+        reusable = self._reusable_vectors(index, documents) if index is not None else {}
+        for vector in self.plan.vectors:
+            texts = batch.column(vector.column).to_pylist()
+            reused = reusable.get(vector.field, {})
+            self.vectors_reused += len(reused)
+            self.texts_embedded += _attach_vectors(documents, texts, vector, reused)
+        for document in documents:
+            if document.id is None:
+                self.rejected_keys += 1
+                self._dead_letter(document, "key", 0, document.rejected or "invalid primary key")
+                continue
+            if len(self.preview) < PREVIEW_DOCUMENTS:
+                self.preview.append({"_id": document.id, **document.body})
+            yield IndexAction("index", document.id, document.body)
+
+    def _reusable_vectors(self, index: str, documents: list[RowDocument]) -> dict[str, dict[str, Any]]:
+        """Vectors already in the index whose text has not changed: {vector field: {id: vector}}.
+
+        Updating a column no transform reads must not cost a model call.
+        """
+        comparable = [vector for vector in self.plan.vectors if vector.text_field]
+        ids = [document.id for document in documents if document.id is not None]
+        if not comparable or not ids:
+            return {}
+        wanted = [name for vector in comparable for name in (vector.field, vector.text_field)]
+        response = self.client.mget(index=index, ids=ids, source_includes=wanted)
+        stored = {doc["_id"]: doc.get("_source", {}) for doc in response["docs"] if doc.get("found")}
+        new_texts = {document.id: document.body for document in documents if document.id is not None}
+        reusable: dict[str, dict[str, Any]] = {}
+        for vector in comparable:
+            reusable[vector.field] = {
+                document_id: source[vector.field]
+                for document_id, source in stored.items()
+                if vector.field in source
+                and source.get(vector.text_field) == new_texts[document_id].get(vector.text_field)
+            }
+        return reusable
+
+    def _write(self, index: str, actions: Iterable[IndexAction]) -> None:
+        writer = BulkWriter(self.client, index, _limits(self.task))
+        for outcome in writer.write(actions):
             if not outcome.ok:
-                dead_letter(outcome, "index", outcome.status, outcome.reason or "rejected")
+                self._dead_letter(outcome, "index", outcome.status, outcome.reason or "rejected")
             elif outcome.action.op == "index":
                 self.indexed += 1
             else:
                 self.deleted += 1
+        self.bulk_requests += writer.requests
+
+    def _dead_letter(self, document: RowDocument | IndexOutcome, stage: str, status: int, reason: str) -> None:
+        body = document.body if isinstance(document, RowDocument) else document.action.body
+        document_id = document.id if isinstance(document, RowDocument) else document.action.id
+        letter = DeadLetter(
+            self.task.name, self.snapshot_id, document_id, stage, status, reason, _without_vectors(body, self.plan)
+        )
+        self.dead_letters.add(letter)
+
+    def _model_calls(self) -> int:
+        return sum(vector.embedder.calls for vector in self.plan.vectors)
+
+    def _result(
+        self, mode: SyncMode, index: str, physical_index: str, from_snapshot: int | None, started: float
+    ) -> SyncResult:
+        return SyncResult(
+            task=self.task.name,
+            mode=mode,
+            index=index,
+            physical_index=physical_index,
+            from_snapshot=from_snapshot,
+            snapshot_id=self.snapshot_id,
+            reason=self.reason,
+            rows_read=self.rows,
+            documents_indexed=self.indexed,
+            documents_deleted=self.deleted,
+            dead_lettered=self.dead_letters.count,
+            rejected_keys=self.rejected_keys,
+            texts_embedded=self.texts_embedded,
+            vectors_reused=self.vectors_reused,
+            model_calls=self._model_calls() - self.calls_before,
+            bulk_requests=self.bulk_requests,
+            seconds=time.perf_counter() - started,
+            dead_letter_path=str(self.dead_letters.path),
+            preview=[_without_vectors(body, self.plan, shown=True) for body in self.preview],
+        )
 
 
-def _index_actions(
-    table: PaimonTable, snapshot_id: int, task: Task, plan: SyncPlan, run: _RunState, dead_letter: DeadLetterSink
-) -> Iterator[IndexAction]:
-    for batch in table.read_snapshot(snapshot_id, columns=plan.columns, batch_rows=task.read_batch_rows):
-        documents = list(batch_documents(batch, plan.documents))
-        for vector in plan.vectors:
-            run.texts_embedded += _attach_vectors(documents, batch.column(vector.column).to_pylist(), vector)
-        for document in documents:
-            if document.id is None:
-                run.rejected_keys += 1
-                dead_letter(document, "key", 0, document.rejected or "invalid primary key")
-                continue
-            if run.track_ids:
-                run.seen_ids.add(document.id)
-            if len(run.preview) < PREVIEW_DOCUMENTS:
-                run.preview.append({"_id": document.id, **document.body})
-            yield IndexAction("index", document.id, document.body)
-        run.rows += batch.num_rows
-        if run.progress is not None:
-            run.progress(run.rows, run.total)
-
-
-def _attach_vectors(documents: list[RowDocument], texts: list[Any], vector: VectorField) -> int:
-    """Embed the non-empty texts of documents that will be written; returns how many were embedded."""
-    rows = [row for row, document in enumerate(documents) if document.id is not None and texts[row]]
+def _attach_vectors(documents: list[RowDocument], texts: list[Any], vector: VectorField, reused: dict[str, Any]) -> int:
+    """Set each written document's vector, reusing where possible; returns how many texts were embedded."""
+    rows = []
+    for row, document in enumerate(documents):
+        if document.id is None or not texts[row]:
+            continue
+        if document.id in reused:
+            document.body[vector.field] = reused[document.id]
+        else:
+            rows.append(row)
     if not rows:
         return 0
     embedded: np.ndarray = vector.embedder.embed_texts([texts[row] for row in rows])
@@ -298,6 +533,12 @@ def _check_error_budget(task: Task, rows: int, failed: int) -> None:
             f"above errors.max_error_rate={budget.max_error_rate}; "
             "the cursor was not moved"
         )
+
+
+def _connect(connection: ElasticsearchConnection) -> Elasticsearch:
+    client = build_client(connection)
+    check_cluster(client, connection)
+    return client
 
 
 def _open_source(task_file: TaskFile, task: Task) -> PaimonTable:

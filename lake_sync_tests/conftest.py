@@ -17,6 +17,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from lake_sync.config import TaskFile, parse_task_file
+from lake_sync.index.aliases import physical_indexes
 from lake_sync.local.search_server import start_search_server
 
 
@@ -42,10 +43,11 @@ def es(es_url: str) -> Iterator[Elasticsearch]:
 
 @pytest.fixture
 def index_name(es: Elasticsearch) -> Iterator[str]:
-    """A fresh index name per test, deleted afterwards (with its dead-letter companions)."""
+    """A fresh index name per test; afterwards the alias and every physical index behind it are deleted."""
     name = f"t-{uuid.uuid4().hex[:12]}"
     yield name
-    es.options(ignore_status=404).indices.delete(index=name)
+    for index in [*physical_indexes(es, name), name]:
+        es.options(ignore_status=404).indices.delete(index=index)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The full-sync pipeline end to end: real Paimon tables in tmp_path → documents → vectors → the real search server.
 
-write_paimon_table → run_full_sync(task_file, "items") → index documents, dead letters, cursor in `_meta`
+write_paimon_table → run_sync(task_file, "items", mode=SyncMode.FULL) → index documents, dead letters, cursor in `_meta`
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from lake_sync.embed import build_embedder
 from lake_sync.errors import ConfigError, MappingConflictError, TargetError, TooManyErrorsError
 from lake_sync.index.cursor import read_cursor
 from lake_sync.index.dead_letters import read_dead_letters
-from lake_sync.sync import SyncMode, SyncStatus, run_full_sync
+from lake_sync.index.mapping import vector_mapping
+from lake_sync.sync import SyncMode, SyncStatus, run_sync
 from lake_sync_tests.conftest import TaskFileFactory, commit_rows, write_paimon_table
 from lake_sync_tests.fault_proxy import FaultProxy
 
@@ -90,7 +91,7 @@ def test_full_sync_indexes_every_row_of_a_multi_bucket_primary_key_table_with_ve
     commit_rows(table, items(range(100, 150)))
     commit_rows(table, items(range(0, 10), name="updated"))
 
-    result = run_full_sync(task_file(transforms=[VECTOR]), "items")
+    result = run_sync(task_file(transforms=[VECTOR]), "items", mode=SyncMode.FULL)
 
     documents = indexed(es, index_name)
     assert result.mode == SyncMode.FULL
@@ -112,7 +113,7 @@ def test_full_sync_stores_the_synced_snapshot_id_as_the_cursor_in_the_index_meta
     table = pk_table(warehouse, items(range(5)))
     commit_rows(table, items(range(5, 8)))
 
-    result = run_full_sync(task_file(), "items")
+    result = run_sync(task_file(), "items", mode=SyncMode.FULL)
 
     cursor = read_cursor(es, index_name)
     assert cursor is not None
@@ -121,7 +122,7 @@ def test_full_sync_stores_the_synced_snapshot_id_as_the_cursor_in_the_index_meta
     assert dt.datetime.fromisoformat(cursor.synced_at).tzinfo is not None
 
 
-def test_full_sync_reads_the_snapshot_pinned_at_the_start_even_if_commits_land_during_the_run(
+def test_full_sync_pins_a_snapshot_then_catches_up_with_commits_that_land_during_the_run(
     es: Elasticsearch, warehouse: str, index_name: str, task_file: TaskFileFactory
 ):
     table = pk_table(warehouse, items(range(50)))
@@ -132,13 +133,15 @@ def test_full_sync_reads_the_snapshot_pinned_at_the_start_even_if_commits_land_d
             commit_rows(table, items(range(1000, 1010)))
             committed_during_run.append(rows)
 
-    result = run_full_sync(task_file(read_batch_rows=10), "items", progress=commit_while_reading)
+    result = run_sync(task_file(read_batch_rows=10), "items", mode=SyncMode.FULL, progress=commit_while_reading)
 
     assert committed_during_run  # the commit really happened mid-run
     assert table.snapshot_manager().get_latest_snapshot().id == 2
-    assert result.snapshot_id == 1
-    assert read_cursor(es, index_name).snapshot_id == 1  # type: ignore[union-attr]
-    assert len(indexed(es, index_name)) == 50
+    # The pinned snapshot 1 was read in full; the new rows came through the catch-up range.
+    assert result.rows_read == 50 + 10
+    assert result.snapshot_id == 2
+    assert read_cursor(es, index_name).snapshot_id == 2  # type: ignore[union-attr]
+    assert len(indexed(es, index_name)) == 60
 
 
 def test_full_sync_of_a_table_without_snapshots_creates_the_index_and_records_no_cursor(
@@ -152,7 +155,7 @@ def test_full_sync_of_a_table_without_snapshots_creates_the_index_and_records_no
         "db.items", Schema.from_pyarrow_schema(PK_SCHEMA, primary_keys=["id"], options=PK_OPTIONS), False
     )
 
-    result = run_full_sync(task_file(), "items")
+    result = run_sync(task_file(), "items", mode=SyncMode.FULL)
 
     assert (result.snapshot_id, result.rows_read, result.documents_indexed) == (None, 0, 0)
     assert es.indices.exists(index=index_name)
@@ -166,16 +169,17 @@ def test_full_sync_of_an_append_only_table_uses_the_primary_key_from_the_task(
     table = write_paimon_table(warehouse, "db.items", data)
     commit_rows(table, pa.table({"sku": ["D-4"], "title": ["drill"]}))
 
-    result = run_full_sync(task_file(primary_key="sku"), "items")
+    result = run_sync(task_file(primary_key="sku"), "items", mode=SyncMode.FULL)
 
     assert result.documents_indexed == 4
+    mapping = es.indices.get_mapping(index=index_name)[result.physical_index]
     assert indexed(es, index_name) == {
         "A-1": {"sku": "A-1", "title": "anvil"},
         "B-2": {"sku": "B-2", "title": "bolt"},
         "C-3": {"sku": "C-3", "title": "crate"},
         "D-4": {"sku": "D-4", "title": "drill"},
     }
-    assert es.indices.get_mapping(index=index_name)[index_name]["mappings"]["properties"]["sku"]["type"] == "keyword"
+    assert mapping["mappings"]["properties"]["sku"]["type"] == "keyword"
 
 
 def test_full_sync_of_an_append_only_table_without_a_primary_key_is_a_config_error_before_touching_the_index(
@@ -184,7 +188,7 @@ def test_full_sync_of_an_append_only_table_without_a_primary_key_is_a_config_err
     write_paimon_table(warehouse, "db.items", pa.table({"sku": ["A-1"]}))
 
     with pytest.raises(ConfigError, match=r"task 'items': primary_key: table db\.items has no primary key"):
-        run_full_sync(task_file(), "items")
+        run_sync(task_file(), "items", mode=SyncMode.FULL)
 
     assert not es.indices.exists(index=index_name)
 
@@ -209,7 +213,7 @@ def test_full_sync_gives_composite_keys_unambiguous_ids(
     )
     write_paimon_table(warehouse, "db.items", data, primary_keys=["shop", "sku"])
 
-    result = run_full_sync(task_file(), "items")
+    result = run_sync(task_file(), "items", mode=SyncMode.FULL)
 
     documents = indexed(es, index_name)
     assert result.documents_indexed == 3
@@ -230,7 +234,7 @@ def test_full_sync_keeps_unicode_text_and_nulls_and_embeds_only_non_empty_texts(
         warehouse, pa.Table.from_pylist([{**row, "updated_at": None, "_op": "+I"} for row in rows], schema=PK_SCHEMA)
     )
 
-    result = run_full_sync(task_file(transforms=[VECTOR]), "items")
+    result = run_sync(task_file(transforms=[VECTOR]), "items", mode=SyncMode.FULL)
 
     documents = indexed(es, index_name)
     assert result.texts_embedded == 1
@@ -247,11 +251,12 @@ def test_full_sync_renames_fields_from_the_mapping_including_the_key_column(
 ):
     pk_table(warehouse, items(range(3)))
 
-    run_full_sync(task_file(fields=["id", "name", "price"], mapping={"name": "title", "id": "product_id"}), "items")
+    task = task_file(fields=["id", "name", "price"], mapping={"name": "title", "id": "product_id"})
+    result = run_sync(task, "items", mode=SyncMode.FULL)
 
     documents = indexed(es, index_name)
     assert documents["1"] == {"product_id": 1, "title": "item 1", "price": 100}
-    properties = es.indices.get_mapping(index=index_name)[index_name]["mappings"]["properties"]
+    properties = es.indices.get_mapping(index=index_name)[result.physical_index]["mappings"]["properties"]
     assert properties["product_id"]["type"] == "long"  # a numeric key keeps its numeric type; string keys are keywords
     assert properties["title"]["type"] == "text"
     assert "name" not in properties and "description" not in properties
@@ -263,7 +268,12 @@ def test_full_sync_reports_progress_with_rows_read_and_the_snapshot_row_count(
     pk_table(warehouse, items(range(25)), buckets=1)
     calls: list[tuple[int, int | None]] = []
 
-    run_full_sync(task_file(read_batch_rows=10), "items", progress=lambda rows, total: calls.append((rows, total)))
+    run_sync(
+        task_file(read_batch_rows=10),
+        "items",
+        mode=SyncMode.FULL,
+        progress=lambda rows, total: calls.append((rows, total)),
+    )
 
     assert calls[-1] == (25, 25)
     assert [rows for rows, _ in calls] == sorted(rows for rows, _ in calls)
@@ -278,7 +288,7 @@ def test_full_sync_dead_letters_rows_with_null_or_empty_primary_key_and_syncs_th
     data = pa.table({"sku": ["A-1", None, "", "D-4"], "title": ["anvil", "no key", "empty key", "drill"]})
     write_paimon_table(warehouse, "db.items", data)
 
-    result = run_full_sync(task_file(primary_key="sku"), "items")
+    result = run_sync(task_file(primary_key="sku"), "items", mode=SyncMode.FULL)
 
     assert result.status == SyncStatus.COMPLETED_WITH_DEAD_LETTERS
     assert (result.documents_indexed, result.rejected_keys, result.dead_lettered) == (2, 2, 2)
@@ -300,7 +310,7 @@ def test_full_sync_dead_letters_documents_the_index_keeps_rejecting_and_counts_t
     pk_table(warehouse, items(range(6)), buckets=1)
     with FaultProxy(es_url, reject_bulk_items=1) as proxy:
         task = task_file(connections=connections(warehouse, proxy.url), transforms=[VECTOR], bulk={"max_retries": 0})
-        result = run_full_sync(task, "items")
+        result = run_sync(task, "items", mode=SyncMode.FULL)
 
     letters = read_dead_letters(Path(result.dead_letter_path))
     assert (result.documents_indexed, result.dead_lettered) == (3, 3)
@@ -318,7 +328,7 @@ def test_full_sync_fails_without_moving_the_cursor_when_dead_letters_exceed_the_
     write_paimon_table(warehouse, "db.items", pa.table({"sku": ["A-1", None, "C-3"]}))
 
     with pytest.raises(TooManyErrorsError, match=r"1 documents failed, more than errors.max_errors=0; the cursor"):
-        run_full_sync(task_file(primary_key="sku", errors={"max_errors": 0}), "items")
+        run_sync(task_file(primary_key="sku", errors={"max_errors": 0}), "items", mode=SyncMode.FULL)
 
     assert read_cursor(es, index_name) is None
 
@@ -327,7 +337,7 @@ def test_full_sync_leaves_the_previous_cursor_when_bulk_writes_keep_failing(
     es: Elasticsearch, es_url: str, warehouse: str, index_name: str, task_file: TaskFileFactory
 ):
     table = pk_table(warehouse, items(range(4)))
-    run_full_sync(task_file(), "items")
+    run_sync(task_file(), "items", mode=SyncMode.FULL)
     commit_rows(table, items(range(4, 8)))
 
     with FaultProxy(es_url, reject_bulk_requests=1000, reject_status=503) as proxy:
@@ -335,7 +345,7 @@ def test_full_sync_leaves_the_previous_cursor_when_bulk_writes_keep_failing(
             connections=connections(warehouse, proxy.url), bulk={"max_retries": 0}, errors={"max_errors": 0}
         )
         with pytest.raises(TooManyErrorsError):
-            run_full_sync(task, "items")
+            run_sync(task, "items", mode=SyncMode.FULL)
 
     assert read_cursor(es, index_name).snapshot_id == 1  # type: ignore[union-attr]
     assert len(indexed(es, index_name)) == 4
@@ -344,16 +354,17 @@ def test_full_sync_leaves_the_previous_cursor_when_bulk_writes_keep_failing(
 # --- deletions and idempotency --------------------------------------------------------------------
 
 
-def test_full_sync_removes_documents_whose_rows_were_deleted_since_the_last_sync(
+def test_full_resync_rebuilds_without_documents_whose_rows_were_deleted_and_drops_the_old_index(
     es: Elasticsearch, warehouse: str, index_name: str, task_file: TaskFileFactory
 ):
     table = pk_table(warehouse, items(range(10)), buckets=3)
-    run_full_sync(task_file(), "items")
+    first = run_sync(task_file(), "items", mode=SyncMode.FULL)
     commit_rows(table, items([2, 5, 7], op="-D"))
 
-    result = run_full_sync(task_file(), "items")
+    result = run_sync(task_file(), "items", mode=SyncMode.FULL)
 
-    assert result.documents_deleted == 3
+    assert (first.physical_index, result.physical_index) == (f"{index_name}-1", f"{index_name}-2")
+    assert not es.indices.exists(index=first.physical_index)
     assert result.snapshot_id == 2
     assert sorted(indexed(es, index_name), key=int) == [str(i) for i in (0, 1, 3, 4, 6, 8, 9)]
     assert read_cursor(es, index_name).snapshot_id == 2  # type: ignore[union-attr]
@@ -363,12 +374,12 @@ def test_full_sync_run_twice_on_the_same_snapshot_leaves_the_index_unchanged(
     es: Elasticsearch, warehouse: str, index_name: str, task_file: TaskFileFactory
 ):
     pk_table(warehouse, items(range(20)))
-    first = run_full_sync(task_file(transforms=[VECTOR]), "items")
+    first = run_sync(task_file(transforms=[VECTOR]), "items", mode=SyncMode.FULL)
     before = indexed(es, index_name)
 
-    second = run_full_sync(task_file(transforms=[VECTOR]), "items")
+    second = run_sync(task_file(transforms=[VECTOR]), "items", mode=SyncMode.FULL)
 
-    assert (second.documents_indexed, second.documents_deleted) == (20, 0)
+    assert second.documents_indexed == 20
     assert second.snapshot_id == first.snapshot_id
     assert indexed(es, index_name) == before
 
@@ -404,7 +415,7 @@ def test_full_sync_rejects_task_settings_that_do_not_fit_the_table_naming_the_fi
     pk_table(warehouse, items(range(2)))
 
     with pytest.raises(ConfigError) as raised:
-        run_full_sync(task_file(**task), "items")
+        run_sync(task_file(**task), "items", mode=SyncMode.FULL)
 
     assert message in str(raised.value)
     assert not es.indices.exists(index=index_name)
@@ -417,23 +428,34 @@ def test_full_sync_raises_mapping_conflict_before_writing_any_document(
     es.indices.create(index=index_name, mappings={"properties": {"price": {"type": "keyword"}}})
 
     with pytest.raises(MappingConflictError, match="field 'price' is mapped as keyword, the task needs long"):
-        run_full_sync(task_file(), "items")
+        run_sync(task_file(), "items", mode=SyncMode.FULL)
 
     es.indices.refresh(index=index_name)
     assert es.count(index=index_name)["count"] == 0
     assert read_cursor(es, index_name) is None
 
 
-def test_full_sync_raises_mapping_conflict_when_the_model_dimension_differs_from_the_index(
+def test_full_sync_into_an_existing_concrete_index_raises_mapping_conflict_when_the_vector_dims_differ(
     es: Elasticsearch, warehouse: str, index_name: str, task_file: TaskFileFactory
 ):
     pk_table(warehouse, items(range(5)))
-    run_full_sync(task_file(transforms=[{**VECTOR, "model": "hash:3"}]), "items")
+    es.indices.create(index=index_name, mappings={"properties": {"description_vec": vector_mapping(3)}})
 
     with pytest.raises(MappingConflictError, match="vector field 'description_vec' has dims 3, the model gives 8"):
-        run_full_sync(task_file(transforms=[VECTOR]), "items")
+        run_sync(task_file(transforms=[VECTOR]), "items", mode=SyncMode.FULL)
 
-    assert len(indexed(es, index_name)["1"]["description_vec"]) == 3
+    assert es.count(index=index_name)["count"] == 0
+
+
+def test_full_resync_behind_an_alias_takes_a_new_vector_dimension_by_rebuilding(
+    es: Elasticsearch, warehouse: str, index_name: str, task_file: TaskFileFactory
+):
+    pk_table(warehouse, items(range(5)))
+    run_sync(task_file(transforms=[{**VECTOR, "model": "hash:3"}]), "items", mode=SyncMode.FULL)
+
+    run_sync(task_file(transforms=[VECTOR]), "items", mode=SyncMode.FULL)
+
+    assert len(indexed(es, index_name)["1"]["description_vec"]) == 8
 
 
 def test_full_sync_raises_target_error_and_writes_no_cursor_when_the_cluster_is_unreachable(
@@ -443,7 +465,7 @@ def test_full_sync_raises_target_error_and_writes_no_cursor_when_the_cluster_is_
     unreachable = connections(warehouse, "http://127.0.0.1:1", username="elastic", password=SECRET)
 
     with pytest.raises(TargetError, match=r"cannot reach Elasticsearch at http://127\.0\.0\.1:1") as raised:
-        run_full_sync(task_file(connections=unreachable), "items")
+        run_sync(task_file(connections=unreachable), "items", mode=SyncMode.FULL)
 
     assert SECRET not in full_error_text(raised.value)
     assert not es.indices.exists(index=index_name)
@@ -457,7 +479,7 @@ def test_full_sync_raises_target_error_naming_the_user_not_the_password_when_cre
     with FaultProxy(es_url, require_basic_auth=("elastic", "the-right-one")) as proxy:
         wrong = connections(warehouse, proxy.url, username="elastic", password=SECRET)
         with pytest.raises(TargetError, match=r"refused the credentials of user 'elastic' \(401\)") as raised:
-            run_full_sync(task_file(connections=wrong), "items")
+            run_sync(task_file(connections=wrong), "items", mode=SyncMode.FULL)
 
     assert SECRET not in full_error_text(raised.value)
     assert proxy.log.paths == ["GET /"]  # nothing after the refused first call
@@ -470,10 +492,14 @@ def test_full_sync_keeps_the_password_out_of_errors_and_dead_letters(
     write_paimon_table(warehouse, "db.items", pa.table({"sku": ["A-1", None, "C-3"], "note": ["a", "b", "c"]}))
     with FaultProxy(es_url, require_basic_auth=("elastic", SECRET), reject_bulk_items=1) as proxy:
         authorised = connections(warehouse, proxy.url, username="elastic", password=SECRET)
-        result = run_full_sync(task_file(connections=authorised, primary_key="sku", bulk={"max_retries": 0}), "items")
+        result = run_sync(
+            task_file(connections=authorised, primary_key="sku", bulk={"max_retries": 0}), "items", mode=SyncMode.FULL
+        )
         with pytest.raises(TooManyErrorsError) as raised:
-            run_full_sync(
-                task_file(connections=authorised, primary_key="sku", errors={"max_errors": 0}, fields=["sku"]), "items"
+            run_sync(
+                task_file(connections=authorised, primary_key="sku", errors={"max_errors": 0}, fields=["sku"]),
+                "items",
+                mode=SyncMode.FULL,
             )
 
     assert result.dead_lettered == 2  # one rejected key, one document the index refused
@@ -505,7 +531,7 @@ def test_full_sync_with_the_local_text_model_lets_a_knn_query_find_the_matching_
     pk_table(warehouse, data)
     model = "local:all-MiniLM-L6-v2"
 
-    result = run_full_sync(task_file(transforms=[{**VECTOR, "model": model}]), "items")
+    result = run_sync(task_file(transforms=[{**VECTOR, "model": model}]), "items", mode=SyncMode.FULL)
 
     query = build_embedder(model).embed_texts(["waterproof hiking boots"])[0]
     es.indices.refresh(index=index_name)
@@ -522,7 +548,7 @@ def test_full_sync_raises_target_error_and_moves_no_cursor_when_the_cluster_goes
     es: Elasticsearch, es_url: str, warehouse: str, index_name: str, task_file: TaskFileFactory
 ):
     table = pk_table(warehouse, items(range(4)))
-    run_full_sync(task_file(), "items")
+    run_sync(task_file(), "items", mode=SyncMode.FULL)
     commit_rows(table, items(range(4, 8)))
 
     with FaultProxy(es_url, go_dark_at_bulk=1) as proxy:
@@ -530,7 +556,7 @@ def test_full_sync_raises_target_error_and_moves_no_cursor_when_the_cluster_goes
             connections=connections(warehouse, proxy.url, username="elastic", password=SECRET), bulk={"max_retries": 0}
         )
         with pytest.raises(TargetError) as raised:
-            run_full_sync(task, "items")
+            run_sync(task, "items", mode=SyncMode.FULL)
 
     assert f"the request to Elasticsearch at {proxy.url} failed" in str(raised.value)
     assert "syncing task 'items'" in str(raised.value)

@@ -9,17 +9,35 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 
 from lake_sync.config import Task
 from lake_sync.defs.resources import TaskFileResource
 from lake_sync.errors import ConfigError, MappingConflictError, SourceError
-from lake_sync.sync import SyncResult, count_target_documents, latest_source_snapshot, run_full_sync
+from lake_sync.sync import (
+    SyncMode,
+    SyncResult,
+    count_target_documents,
+    latest_source_snapshot,
+    run_sync,
+    verify_sync,
+)
 
 DOCUMENT_COUNT_CHECK = "document_count_matches_snapshot"
 PROGRESS_LOG_STEP = 0.1
+
+
+class SyncConfig(dg.Config):
+    """Run config of a sync: `incremental` applies new snapshots, `full` rebuilds the index."""
+
+    mode: Literal["incremental", "full"] = "incremental"
+    keep_old_index: bool = False
+
+
+def sync_op_name(task_name: str) -> str:
+    return f"{task_name}_sync"
 
 
 @dataclass(frozen=True)
@@ -33,8 +51,8 @@ class TaskAssetKeys:
         return cls(*(dg.AssetKey([task.name, name]) for name in ("source_table", "embedded_batches", "search_index")))
 
 
-def build_task_assets(task: Task) -> list[dg.AssetsDefinition | dg.SourceAsset]:
-    """The source, embedded-batches and index assets of one task, grouped under its name."""
+def build_task_assets(task: Task) -> tuple[dg.SourceAsset, dg.AssetsDefinition, dg.AssetChecksDefinition]:
+    """The source, embedded-batches and index assets of one task, grouped under its name, and the index's check."""
     keys = TaskAssetKeys.of(task)
 
     def observe_source_table(lake_sync: TaskFileResource) -> dg.ObserveResult:
@@ -57,7 +75,7 @@ def build_task_assets(task: Task) -> list[dg.AssetsDefinition | dg.SourceAsset]:
         )(observe_source_table)
 
     @dg.multi_asset(
-        name=f"{task.name}_full_sync",
+        name=sync_op_name(task.name),
         specs=[
             dg.AssetSpec(
                 keys.embedded,
@@ -74,24 +92,25 @@ def build_task_assets(task: Task) -> list[dg.AssetsDefinition | dg.SourceAsset]:
                 kinds={"elasticsearch"},
             ),
         ],
-        check_specs=[
-            dg.AssetCheckSpec(
-                DOCUMENT_COUNT_CHECK,
-                asset=keys.index,
-                blocking=True,
-                description="The index holds one document per snapshot row with a usable primary key.",
-            )
-        ],
         retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
         pool="elasticsearch",
     )
-    def full_sync(
-        context: dg.AssetExecutionContext, lake_sync: TaskFileResource, progress: dg.ResourceParam[Any]
-    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        """Full sync: make the index equal to the table's latest snapshot, embedding the text columns."""
+    def sync(
+        context: dg.AssetExecutionContext,
+        config: SyncConfig,
+        lake_sync: TaskFileResource,
+        progress: dg.ResourceParam[Any],
+    ) -> Iterator[dg.MaterializeResult]:
+        """Bring the index up to the table's latest snapshot: incremental by default, or a full resync."""
         with _no_retry_on_bad_input():
             task_file = lake_sync.load()
-            result = run_full_sync(task_file, task.name, progress=_progress(context, progress))
+            result = run_sync(
+                task_file,
+                task.name,
+                mode=SyncMode(config.mode),
+                keep_old_index=config.keep_old_index,
+                progress=_progress(context, progress),
+            )
             documents = count_target_documents(task_file, task.name)
         yield dg.MaterializeResult(asset_key=keys.embedded, metadata=_embedded_metadata(result))
         yield dg.MaterializeResult(
@@ -99,9 +118,25 @@ def build_task_assets(task: Task) -> list[dg.AssetsDefinition | dg.SourceAsset]:
             metadata=_index_metadata(result, documents),
             data_version=dg.DataVersion(str(result.snapshot_id)),
         )
-        yield _document_count_check(keys.index, result, documents)
 
-    return [source_table, full_sync]
+    @dg.asset_check(
+        asset=keys.index,
+        name=DOCUMENT_COUNT_CHECK,
+        blocking=True,
+        description="The index holds one document per row (with a usable primary key) of its cursor snapshot.",
+    )
+    def document_count_matches_snapshot(lake_sync: TaskFileResource) -> dg.AssetCheckResult:
+        verification = verify_sync(lake_sync.load(), task.name)
+        return dg.AssetCheckResult(
+            passed=verification.matches,
+            metadata={
+                "snapshot_id": verification.snapshot_id,
+                "rows_with_valid_key": verification.rows_with_valid_key,
+                "documents_in_index": verification.documents,
+            },
+        )
+
+    return source_table, sync, document_count_matches_snapshot
 
 
 def _progress(context: dg.AssetExecutionContext, callback: Any) -> Any:
@@ -132,6 +167,7 @@ def _embedded_metadata(result: SyncResult) -> dict[str, Any]:
         "snapshot_id": result.snapshot_id,
         "rows_read": result.rows_read,
         "texts_embedded": result.texts_embedded,
+        "vectors_reused": result.vectors_reused,
         "model_calls": result.model_calls,
     }
 
@@ -140,8 +176,11 @@ def _index_metadata(result: SyncResult, documents: int) -> dict[str, Any]:
     return {
         "dagster/row_count": documents,
         "index": result.index,
+        "physical_index": result.physical_index,
+        "from_snapshot": result.from_snapshot,
         "snapshot_id": result.snapshot_id,
         "mode": result.mode.value,
+        "reason": result.reason or "incremental",
         "status": result.status.value,
         "rows_read": result.rows_read,
         "documents_indexed": result.documents_indexed,
@@ -152,26 +191,6 @@ def _index_metadata(result: SyncResult, documents: int) -> dict[str, Any]:
         "duration_s": dg.MetadataValue.float(round(result.seconds, 3)),
         "preview": dg.MetadataValue.md(_markdown_table(result.preview)),
     }
-
-
-def _document_count_check(key: dg.AssetKey, result: SyncResult, documents: int) -> dg.AssetCheckResult:
-    expected = result.rows_read - result.rejected_keys
-    index_failures = result.dead_lettered - result.rejected_keys
-    # Documents the index rejected are dead letters already: a warning, not a broken index.
-    explained = documents == expected - index_failures and index_failures > 0
-    return dg.AssetCheckResult(
-        check_name=DOCUMENT_COUNT_CHECK,
-        asset_key=key,
-        passed=documents == expected,
-        severity=dg.AssetCheckSeverity.WARN if explained else dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "documents_in_index": documents,
-            "rows_with_valid_key": expected,
-            "rows_read": result.rows_read,
-            "rejected_keys": result.rejected_keys,
-            "dead_lettered": result.dead_lettered,
-        },
-    )
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -1,4 +1,4 @@
-"""The Dagster entry point: one group of assets and jobs per task of the task file.
+"""The Dagster entry point: one group of assets, a check, jobs and a sensor per task.
 
 `workspace.yaml` loads `defs` from here; tests and the CLI call `build_defs` directly.
 """
@@ -9,11 +9,21 @@ import os
 
 import dagster as dg
 
-from lake_sync.config import load_task_file, resolve_task_file_path
+from lake_sync.config import Task, load_task_file, resolve_task_file_path
 from lake_sync.defs.assets import build_task_assets
-from lake_sync.defs.jobs import build_full_sync_job
+from lake_sync.defs.jobs import build_sync_jobs
 from lake_sync.defs.resources import TaskFileResource, progress_resource
+from lake_sync.defs.sensors import build_snapshot_sensor
 from lake_sync.sync import ProgressCallback
+
+
+def build_task_definitions(task: Task) -> dg.Definitions:
+    """Everything Dagster knows about one task, without resources."""
+    source, sync, check = build_task_assets(task)
+    jobs = build_sync_jobs(task)
+    return dg.Definitions(
+        assets=[source, sync], asset_checks=[check], jobs=jobs, sensors=[build_snapshot_sensor(task, jobs[0])]
+    )
 
 
 def build_defs(
@@ -22,11 +32,9 @@ def build_defs(
     """Definitions for every task in the task file (validated now, so a bad file fails at load)."""
     path = resolve_task_file_path(task_file_path).resolve()
     task_file = load_task_file(path)
-    assets = [asset for task in task_file.tasks for asset in build_task_assets(task)]
-    return dg.Definitions(
-        assets=assets,
-        jobs=[build_full_sync_job(task) for task in task_file.tasks],
-        resources={"lake_sync": TaskFileResource(path=str(path)), "progress": progress_resource(progress)},
+    resources = {"lake_sync": TaskFileResource(path=str(path)), "progress": progress_resource(progress)}
+    return dg.Definitions.merge(
+        *(build_task_definitions(task) for task in task_file.tasks), dg.Definitions(resources=resources)
     )
 
 

@@ -37,12 +37,17 @@ class ChangeRange(StrEnum):
 
 @dataclass(frozen=True)
 class ChangePlan:
-    """How to bring an index at `start` up to `end`; `reason` says why when a full resync is needed."""
+    """How to bring an index at snapshot `start` up to `end`.
+
+    `reason` says why when a full resync is needed; `window_start_millis` is where the
+    incremental read opens (exclusive).
+    """
 
     kind: ChangeRange
     start: int
     end: Snapshot | None
     reason: str = ""
+    window_start_millis: int = 0
 
 
 def plan_changes(table: PaimonTable, cursor_snapshot_id: int) -> ChangePlan:
@@ -73,18 +78,19 @@ def plan_changes(table: PaimonTable, cursor_snapshot_id: int) -> ChangePlan:
         return ChangePlan(ChangeRange.FULL_RESYNC, cursor_snapshot_id, latest, reason)
     if all(s.commit_kind == "COMPACT" for s in commits):
         return ChangePlan(ChangeRange.COMPACTION_ONLY, cursor_snapshot_id, latest)
-    return ChangePlan(ChangeRange.INCREMENTAL, cursor_snapshot_id, latest)
+    window_start = start.time_millis
+    if any(s.time_millis == window_start for s in commits):
+        window_start -= 1
+    return ChangePlan(ChangeRange.INCREMENTAL, cursor_snapshot_id, latest, window_start_millis=window_start)
 
 
 def read_changes(
-    table: PaimonTable, start: Snapshot, end: Snapshot, *, columns: list[str], batch_rows: int
+    plan: ChangePlan, table: PaimonTable, *, columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """Rows changed in (start, end] (and possibly a few older ones, see above), in commit order,
-    with a `_row_kind` column."""
-    opens_at = start.time_millis
-    if any(s is not None and s.time_millis == opens_at for s in map(table.snapshot, range(start.id + 1, end.id + 1))):
-        opens_at -= 1
-    return table.read_range(opens_at, end.time_millis, columns=columns, batch_rows=batch_rows)
+    """Rows changed in the plan's range (and possibly a few older ones, see above), in commit
+    order, with a `_row_kind` column."""
+    assert plan.kind is ChangeRange.INCREMENTAL and plan.end is not None
+    return table.read_range(plan.window_start_millis, plan.end.time_millis, columns=columns, batch_rows=batch_rows)
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,15 @@ class CollapsedChanges:
     events: int
 
 
-def collapse_changes(batches: Iterator[pa.RecordBatch], key_columns: list[str], schema: pa.Schema) -> CollapsedChanges:
-    """Keep only the last event of each key: an upsert for +I/+U, a delete for -D/-U."""
-    changes = pa.Table.from_batches(list(batches), schema=schema)
+def collapse_changes(batches: Iterator[pa.RecordBatch], key_columns: list[str]) -> CollapsedChanges:
+    """Keep only the last event of each key: an upsert for +I/+U, a delete for -D/-U.
+
+    Holds the changed rows of one range in memory: that follows the change, not the table.
+    """
+    collected = list(batches)
+    if not collected:
+        return CollapsedChanges(pa.table({}), [], 0)
+    changes = pa.Table.from_batches(collected)
     keys = list(zip(*(changes.column(name).to_pylist() for name in key_columns), strict=True))
     kinds = changes.column(ROW_KIND_COLUMN).to_pylist()
     last: dict[tuple[object, ...], int] = {}

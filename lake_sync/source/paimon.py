@@ -56,21 +56,42 @@ class PaimonTable:
         snapshot = self._table.snapshot_manager().get_latest_snapshot()
         return None if snapshot is None else _snapshot(snapshot)
 
+    def snapshot(self, snapshot_id: int) -> Snapshot | None:
+        """Snapshot `snapshot_id`, or None if it never existed or has expired."""
+        snapshot = self._table.snapshot_manager().get_snapshot_by_id(snapshot_id)
+        return None if snapshot is None else _snapshot(snapshot)
+
     def read_snapshot(self, snapshot_id: int, *, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
         """Stream exactly `snapshot_id`, projected to `columns`, in batches of at most `batch_rows`."""
         pinned = self._table.copy({"scan.snapshot-id": str(snapshot_id), "read.batch-size": str(batch_rows)})
         builder = pinned.new_read_builder().with_projection(columns)
-        splits = builder.new_scan().plan().splits()
-        reader = builder.new_read().to_arrow_batch_reader(splits)
-        try:
-            for batch in reader:
-                # A split may hand back more rows than asked for; slicing is zero-copy.
-                for offset in range(0, batch.num_rows, batch_rows):
-                    yield batch.slice(offset, batch_rows)
-        finally:
-            close = getattr(reader, "close", None)
-            if close is not None:
-                close()
+        return _stream(builder.new_read(), builder.new_scan().plan().splits(), batch_rows)
+
+    def read_range(
+        self, after_millis: int, until_millis: int, *, columns: list[str], batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
+        """Rows written by commits in (after_millis, until_millis], with a leading `_row_kind` column.
+
+        Row kinds are only exposed by the stream read builder; it reads the batch plan's splits.
+        """
+        window = {"incremental-between-timestamp": f"{after_millis},{until_millis}", "read.batch-size": str(batch_rows)}
+        ranged = self._table.copy(window)
+        splits = ranged.new_read_builder().with_projection(columns).new_scan().plan().splits()
+        read = ranged.new_stream_read_builder().with_projection(columns).with_include_row_kind(True).new_read()
+        return _stream(read, splits, batch_rows)
+
+
+def _stream(read: Any, splits: list[Any], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    reader = read.to_arrow_batch_reader(splits)
+    try:
+        for batch in reader:
+            # A split may hand back more rows than asked for; slicing is zero-copy.
+            for offset in range(0, batch.num_rows, batch_rows):
+                yield batch.slice(offset, batch_rows)
+    finally:
+        close = getattr(reader, "close", None)
+        if close is not None:
+            close()
 
 
 def open_table(catalog_options: dict[str, str], database: str, table: str) -> PaimonTable:
