@@ -92,6 +92,51 @@ def catalogue_rows(count: int, *, seed: int = 7, start_id: int = 1) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=CATALOGUE_SCHEMA)
 
 
+def commit_changes(
+    warehouse: str,
+    *,
+    updated: dict[int, str],
+    deleted: list[int],
+    added: list[tuple[str, str]],
+    database: str = "shop",
+    table: str = "products",
+) -> int:
+    """One commit that rewrites some descriptions, deletes some products and adds new ones.
+
+    Returns the new snapshot id. Updated rows keep their other fields from the latest snapshot.
+    """
+    from pypaimon import CatalogFactory
+
+    paimon_table = CatalogFactory.create({"warehouse": warehouse}).get_table(f"{database}.{table}")
+    builder = paimon_table.new_read_builder()
+    builder = builder.with_filter(builder.new_predicate_builder().is_in("id", list(updated)))
+    current = {row["id"]: row for row in builder.new_read().to_arrow(builder.new_scan().plan().splits()).to_pylist()}
+    now = dt.datetime(2026, 11, 21)
+    rows = [{**current[key], "description": text, "updated_at": now, "_op": "+I"} for key, text in updated.items()]
+    rows += [{**{name: None for name in CATALOGUE_SCHEMA.names}, "id": key, "_op": "-D"} for key in deleted]
+    next_id = max(current, default=0) + 1_000_000
+    for offset, (name, description) in enumerate(added):
+        rows.append(
+            {
+                "id": next_id + offset,
+                "name": name,
+                "description": description,
+                "url": f"https://shop.example.com/new/{next_id + offset}",
+                "source": "web",
+                "price": Decimal("149.00"),
+                "updated_at": now,
+                "_op": "+I",
+            }
+        )
+    write_builder = paimon_table.new_batch_write_builder()
+    writer, commit = write_builder.new_write(), write_builder.new_commit()
+    writer.write_arrow(pa.Table.from_pylist(rows, schema=CATALOGUE_SCHEMA))
+    commit.commit(writer.prepare_commit())
+    writer.close()
+    commit.close()
+    return paimon_table.snapshot_manager().get_latest_snapshot().id
+
+
 def write_catalogue(
     warehouse: str, *, rows: int, database: str = "shop", table: str = "products", buckets: int = 2
 ) -> int:

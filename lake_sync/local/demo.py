@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from lake_sync import cli
-from lake_sync.local.catalogue import write_catalogue
+from lake_sync.local.catalogue import commit_changes, write_catalogue
 from lake_sync.local.search_server import start_search_server
 
 DEMO_DIR = Path(".demo")
@@ -27,6 +28,13 @@ DEMO_ROWS = 3000
 DEMO_PORT = 9200
 DEMO_QUERY = "waterproof hiking boots"
 UI_ADDRESS = ("127.0.0.1", 3000)
+DEMO_UPDATE = {1: "Now with a waterproof Gore-Tex membrane and a lighter, recycled sole."}
+DEMO_DELETE = 2
+DEMO_ADDED = [
+    ("Nordkap Glacier crampons", "steel crampons that strap onto hiking boots for walking on ice and hard snow"),
+    ("Alpenlicht Bivy bag", "a waterproof breathable emergency shelter for one person that weighs 300 grams"),
+]
+DEMO_NEW_QUERY = "traction for boots on ice"
 
 console = Console()
 
@@ -36,6 +44,9 @@ def main() -> int:
     parser.add_argument("--ui", action="store_true", help="start the Dagster UI on the demo instead of running it")
     args = parser.parse_args()
     with ExitStack() as stack:
+        if not args.ui:
+            # The demo starts from nothing each time: a fresh table, a fresh local index.
+            shutil.rmtree(DEMO_DIR, ignore_errors=True)
         if not os.environ.get("ES_URL"):
             port = DEMO_PORT if _port_is_free(DEMO_PORT) else 0
             server = stack.enter_context(start_search_server(DEMO_DIR / "search", port=port))
@@ -56,9 +67,34 @@ def _demo() -> int:
     console.rule(f"3. semantic search: {DEMO_QUERY!r}")
     if cli.main(["search", "products", DEMO_QUERY, "-k", "5"]) != 0:
         return 1
+    console.rule("4. a new commit: one update, one delete, two new products")
+    snapshot = commit_changes(str(warehouse), updated=DEMO_UPDATE, deleted=[DEMO_DELETE], added=DEMO_ADDED)
+    console.print(f"committed snapshot {snapshot}: updated {list(DEMO_UPDATE)}, deleted [{DEMO_DELETE}], added 2")
+    if cli.main(["status", "products"]) != 0:
+        return 1
+    console.rule("5. incremental sync: only the changed rows are read and embedded")
+    if cli.main(["sync", "products"]) != 0:
+        return 1
+    _show_changes()
+    if cli.main(["search", "products", DEMO_NEW_QUERY, "-k", "3"]) != 0:
+        return 1
     console.rule("next")
     console.print("Open the Dagster UI on this demo with [bold]make ui[/bold] (http://127.0.0.1:3000).")
     return 0
+
+
+def _show_changes() -> None:
+    from lake_sync.config import load_task_file
+    from lake_sync.index.client import build_client
+
+    task_file = load_task_file()
+    client = build_client(task_file.target_connection(task_file.task("products")))
+    for key in [*DEMO_UPDATE, DEMO_DELETE]:
+        found = client.options(ignore_status=404).get(
+            index="products", id=str(key), source_excludes=["description_vec"]
+        )
+        shown = found["_source"]["description"] if found.meta.status == 200 else "[red]gone (deleted)[/red]"
+        console.print(f"document {key}: {shown}")
 
 
 def _ui() -> int:
