@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,6 +19,7 @@ from rich.console import Console
 
 from lake_sync import cli
 from lake_sync.local.catalogue import commit_changes, write_catalogue
+from lake_sync.local.dagster_dev import start_dagster_dev
 from lake_sync.local.search_server import start_search_server
 
 DEMO_DIR = Path(".demo")
@@ -100,14 +99,11 @@ def _show_changes() -> None:
 def _ui() -> int:
     host, port = UI_ADDRESS
     console.print(f"Dagster UI at http://{host}:{port} (Ctrl-C stops it and the search server)")
-    command = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", host, "-p", str(port)]
-    # dagster dev stops its webserver, daemon and code servers cleanly on SIGTERM/SIGINT.
-    process = subprocess.Popen(command)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.send_signal(signal.SIGTERM)
-        return process.wait()
+    with start_dagster_dev(Path("workspace.yaml").resolve(), host=host, port=port) as dev:
+        try:
+            return dev.process.wait()
+        except KeyboardInterrupt:
+            return 0
 
 
 def _port_is_free(port: int) -> bool:
