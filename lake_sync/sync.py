@@ -31,7 +31,7 @@ from lake_sync.errors import ConfigError, SourceError, TooManyErrorsError
 from lake_sync.index.aliases import (
     TargetKind,
     TargetState,
-    delete_unaliased,
+    delete_unfinished,
     next_physical_index,
     resolve_target,
     swap_alias,
@@ -315,7 +315,7 @@ class _Run:
         self.snapshot_id = snapshot.id if snapshot else None
         if target.kind is TargetKind.CONCRETE:
             return self._full_in_place(target.name, snapshot, cursor, started)
-        delete_unaliased(self.client, target.name, keep=set())
+        delete_unfinished(self.client, target.name)
         index = next_physical_index(self.client, target.name)
         ensure_index(self.client, index, self.plan.mappings)
         if snapshot is not None:
@@ -334,7 +334,7 @@ class _Run:
         if change.kind is ChangeRange.INCREMENTAL:
             self._apply_changes(target.write_index, change)
         if change.kind is not ChangeRange.UP_TO_DATE:
-            self._finish(target.write_index)
+            self._finish(target.write_index, refresh=False)
         return self._result(SyncMode.INCREMENTAL, target.name, target.write_index, change.start, started)
 
     def _full_in_place(
@@ -345,7 +345,8 @@ class _Run:
             f"For zero-downtime resyncs, reindex it into '{index}-1', delete '{index}' and add the "
             f"alias '{index}' → '{index}-1' (or delete it and sync again)"
         )
-        ensure_index(self.client, index, self.plan.mappings)
+        if ensure_index(self.client, index, self.plan.mappings):
+            self._map_missing_fields(index)
         if snapshot is not None:
             seen: set[str] = set()
             self._write(index, self._snapshot_actions(snapshot, seen_ids=seen))
@@ -353,6 +354,15 @@ class _Run:
             self._write(index, stale)
         self._finish(index)
         return self._result(SyncMode.FULL, index, index, cursor.snapshot_id if cursor else None, started)
+
+    def _map_missing_fields(self, index: str) -> None:
+        """Map the task's fields an existing index lacks before any document arrives: dynamic
+        mapping would guess (a vector becomes a float array that kNN queries reject)."""
+        existing = self.client.indices.get_mapping(index=index)
+        mapped = {name for body in existing.body.values() for name in body.get("mappings", {}).get("properties", {})}
+        missing = {name: spec for name, spec in self.plan.mappings["properties"].items() if name not in mapped}
+        if missing:
+            self.client.indices.put_mapping(index=index, properties=missing)
 
     def _catch_up(self, index: str, synced: int) -> None:
         """Apply commits that landed while the new index was built, until none are left."""
@@ -368,9 +378,15 @@ class _Run:
             synced = self.snapshot_id = change.end.id
         self.reason += f"; still behind after {MAX_CATCH_UP_ROUNDS} catch-up rounds, the next sync continues"
 
-    def _finish(self, index: str) -> None:
-        """Refresh, enforce the error budget, then (and only then) move the cursor."""
-        self.client.indices.refresh(index=index)
+    def _finish(self, index: str, *, refresh: bool = True) -> None:
+        """Refresh, enforce the error budget, then (and only then) move the cursor.
+
+        Incremental runs skip the refresh: the index's own refresh interval makes their few
+        documents searchable within a second, and an explicit refresh costs in proportion to
+        the index, not the change.
+        """
+        if refresh:
+            self.client.indices.refresh(index=index)
         _check_error_budget(self.task, self.rows, self.dead_letters.count)
         if self.snapshot_id is not None:
             write_cursor(

@@ -13,6 +13,8 @@ from enum import StrEnum
 
 from elasticsearch import Elasticsearch
 
+from lake_sync.index.cursor import read_cursor
+
 
 class TargetKind(StrEnum):
     MISSING = "missing"
@@ -65,11 +67,17 @@ def swap_alias(client: Elasticsearch, name: str, new_index: str, old_index: str 
     client.indices.update_aliases(actions=actions)
 
 
-def delete_unaliased(client: Elasticsearch, name: str, *, keep: set[str]) -> list[str]:
-    """Delete physical indexes of `name` the alias does not use and `keep` does not name
-    (left over by a resync that failed half-way); returns what was deleted."""
+def delete_unfinished(client: Elasticsearch, name: str) -> list[str]:
+    """Delete physical indexes of `name` that a resync left half-built (no cursor, no alias).
+
+    Indexes with a cursor were completed: a previous alias target kept on request stays.
+    """
     state = resolve_target(client, name)
-    stale = [index for index in physical_indexes(client, name) if index != state.write_index and index not in keep]
-    for index in stale:
+    unfinished = [
+        index
+        for index in physical_indexes(client, name)
+        if index != state.write_index and read_cursor(client, index) is None
+    ]
+    for index in unfinished:
         client.indices.delete(index=index)
-    return stale
+    return unfinished

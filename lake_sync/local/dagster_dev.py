@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,24 @@ class DagsterDev:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+WORKSPACE = """load_from:
+  - python_module: {module_name: lake_sync.defs.definitions, attribute: defs, location_name: lake_sync}
+"""
+
+
+def isolated_dagster_env(workdir: Path, *, task_file: Path, instance_yaml: Path) -> tuple[Path, dict[str, str]]:
+    """A workspace and a DAGSTER_HOME of their own under `workdir`, for tests and benchmarks.
+
+    Returns the workspace path and the environment that points Dagster and lake-sync at them.
+    """
+    home = workdir / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(instance_yaml, home / "dagster.yaml")
+    workspace = workdir / "workspace.yaml"
+    workspace.write_text(WORKSPACE)
+    return workspace, {"DAGSTER_HOME": str(home), "LAKE_SYNC_TASKS": str(task_file)}
 
 
 def start_dagster_dev(

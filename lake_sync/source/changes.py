@@ -5,11 +5,14 @@ cursor snapshot → plan (up to date | compaction only | full resync + reason | 
 → changed rows with row kinds (+I/+U/-U/-D) → last event per key → upserts and deletes
 
 pypaimon only honours the timestamp form of `incremental-between` (the snapshot-id form is
-silently ignored), so a range (start, end] is read as (time(start), time(end)]. When a commit
-of the range shares the start's commit time, the window opens one millisecond earlier: the
-extra events are older than the ones that follow them, so "last event per key wins" still
-gives the state at `end`. Commits after `end` in the same millisecond are read too and
-simply applied again by the next run, which is idempotent.
+silently ignored), so a range (start, end] is read as (time(start), time(end) + 1]. pypaimon
+resolves each bound to *a* snapshot committed at or before that time, not the last one of
+its millisecond. When a commit of the range shares the start's commit time, the window
+opens one millisecond earlier: the extra events are older than the ones that follow them,
+so "last event per key wins" still gives the state at `end`. The window closes one
+millisecond late, so a commit sharing `end`'s millisecond cannot be resolved as the end and
+cut `end` off; commits after `end` that it lets in are simply applied again by the next run,
+which is idempotent.
 """
 
 from __future__ import annotations
@@ -87,10 +90,10 @@ def plan_changes(table: PaimonTable, cursor_snapshot_id: int) -> ChangePlan:
 def read_changes(
     plan: ChangePlan, table: PaimonTable, *, columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """Rows changed in the plan's range (and possibly a few older ones, see above), in commit
-    order, with a `_row_kind` column."""
+    """Rows changed in the plan's range (and possibly a few older or newer ones, see above), in
+    commit order, with a `_row_kind` column."""
     assert plan.kind is ChangeRange.INCREMENTAL and plan.end is not None
-    return table.read_range(plan.window_start_millis, plan.end.time_millis, columns=columns, batch_rows=batch_rows)
+    return table.read_range(plan.window_start_millis, plan.end.time_millis + 1, columns=columns, batch_rows=batch_rows)
 
 
 @dataclass(frozen=True)

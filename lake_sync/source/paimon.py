@@ -72,13 +72,45 @@ class PaimonTable:
     ) -> Iterator[pa.RecordBatch]:
         """Rows written by commits in (after_millis, until_millis], with a leading `_row_kind` column.
 
-        Row kinds are only exposed by the stream read builder; it reads the batch plan's splits.
+        The events of one key come back in commit order. Row kinds are only exposed by the stream
+        read builder; it reads the batch plan's splits.
         """
         window = {"incremental-between-timestamp": f"{after_millis},{until_millis}", "read.batch-size": str(batch_rows)}
         ranged = self._table.copy(window)
         splits = ranged.new_read_builder().with_projection(columns).new_scan().plan().splits()
+        if self.primary_keys:
+            splits = [_in_commit_order(split) for split in splits]
         read = ranged.new_stream_read_builder().with_projection(columns).with_include_row_kind(True).new_read()
         return _stream(read, splits, batch_rows)
+
+
+def _in_commit_order(split: Any) -> Any:
+    """The split with its files in sequence-number (commit) order.
+
+    pypaimon lists a primary-key split's files by key range and a change read concatenates
+    them as listed, so a commit updating keys 1-9 could be read after a later commit updating
+    key 5 alone, and "last event per key wins" would keep the older value.
+    """
+    from pypaimon.read.split import DataSplit
+
+    if not isinstance(split, DataSplit):
+        return split
+    order = sorted(
+        range(len(split.files)),
+        key=lambda i: (split.files[i].min_sequence_number, split.files[i].max_sequence_number),
+    )
+    deletion_files = split.data_deletion_files
+    return DataSplit(
+        files=[split.files[i] for i in order],
+        partition=split.partition,
+        bucket=split.bucket,
+        raw_convertible=split.raw_convertible,
+        data_deletion_files=None if deletion_files is None else [deletion_files[i] for i in order],
+        snapshot_id=split.snapshot_id,
+        is_streaming=split.is_streaming,
+        bucket_path=split.bucket_path,
+        total_buckets=split.total_buckets,
+    )
 
 
 def _stream(read: Any, splits: list[Any], batch_rows: int) -> Iterator[pa.RecordBatch]:

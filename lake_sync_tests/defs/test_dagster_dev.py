@@ -3,7 +3,6 @@ sensor launching runs by itself, a real Paimon table and the local search server
 
 from __future__ import annotations
 
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import pyarrow as pa
 import yaml
 from elasticsearch import Elasticsearch
 
-from lake_sync.local.dagster_dev import start_dagster_dev
+from lake_sync.local.dagster_dev import isolated_dagster_env, start_dagster_dev
 from lake_sync_tests.conftest import commit_rows, write_paimon_table
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -69,11 +68,7 @@ def test_dagster_dev_sensor_syncs_a_new_commit_by_itself_and_stops_every_process
             }
         )
     )
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
-    shutil.copy(PROJECT / "workspace.yaml", tmp_path / "workspace.yaml")
-    env = {"DAGSTER_HOME": str(home), "LAKE_SYNC_TASKS": str(task_file)}
+    workspace, env = isolated_dagster_env(tmp_path, task_file=task_file, instance_yaml=PROJECT / "dagster.yaml")
 
     def documents() -> int:
         if not es.indices.exists(index=index_name):
@@ -81,7 +76,7 @@ def test_dagster_dev_sensor_syncs_a_new_commit_by_itself_and_stops_every_process
         es.indices.refresh(index=index_name)
         return int(es.count(index=index_name)["count"])
 
-    dev = start_dagster_dev(tmp_path / "workspace.yaml", port=_free_port(), env=env, log=tmp_path / "dagster.log")
+    dev = start_dagster_dev(workspace, port=_free_port(), env=env, log=tmp_path / "dagster.log")
     try:
         dev.wait_until_ready()
         _wait_for(lambda: documents() == 2, timeout=120)  # first tick: no cursor yet, so a full sync
