@@ -5,7 +5,8 @@ client → FaultProxy (127.0.0.1, port 0, one thread per connection) → noida-d
 It forwards every request unchanged except where a fault is configured:
 - `reject_bulk_requests`: answer the first N `_bulk` requests with `reject_status` (429, 503, ...);
 - `reject_bulk_items`: for the first N `_bulk` requests, reject every other operation with a
-  per-item 429 inside an otherwise valid bulk response, forwarding only the accepted operations
+  per-item `reject_item_status` (429, or 400 as for a document the index cannot parse) inside
+  an otherwise valid bulk response, forwarding only the accepted operations
   (so a document the proxy rejected really is missing until the client retries it);
 - `require_basic_auth`: answer 401 unless the request carries these credentials;
 - `bulk_delay`: hold every `_bulk` request this long, to observe requests in flight;
@@ -56,6 +57,7 @@ class FaultProxy:
         reject_bulk_requests: int = 0,
         reject_status: int = 429,
         reject_bulk_items: int = 0,
+        reject_item_status: int = 429,
         require_basic_auth: tuple[str, str] | None = None,
         bulk_delay: float = 0.0,
         go_dark_at_bulk: int = 0,
@@ -66,6 +68,7 @@ class FaultProxy:
         self.reject_bulk_requests = reject_bulk_requests
         self.reject_status = reject_status
         self.reject_bulk_items = reject_bulk_items
+        self.reject_item_status = reject_item_status
         self.expected_authorization = (
             None
             if require_basic_auth is None
@@ -176,7 +179,9 @@ class FaultProxy:
             with self._lock:
                 self.log.rejected_ids.append(header[op]["_id"])
             rejection = {"type": "es_rejected_execution_exception", "reason": "rejected execution of bulk item"}
-            items.append({op: {"status": 429, "error": rejection}})
+            if self.reject_item_status == 400:
+                rejection = {"type": "document_parsing_exception", "reason": "failed to parse field [price]"}
+            items.append({op: {"status": self.reject_item_status, "error": rejection}})
         return status, response_headers, orjson.dumps({"errors": True, "items": items})
 
 

@@ -308,15 +308,15 @@ def test_full_sync_dead_letters_documents_the_index_keeps_rejecting_and_counts_t
     es: Elasticsearch, es_url: str, warehouse: str, index_name: str, task_file: TaskFileFactory
 ):
     pk_table(warehouse, items(range(6)), buckets=1)
-    with FaultProxy(es_url, reject_bulk_items=1) as proxy:
-        task = task_file(connections=connections(warehouse, proxy.url), transforms=[VECTOR], bulk={"max_retries": 0})
+    with FaultProxy(es_url, reject_bulk_items=1, reject_item_status=400) as proxy:
+        task = task_file(connections=connections(warehouse, proxy.url), transforms=[VECTOR])
         result = run_sync(task, "items", mode=SyncMode.FULL)
 
     letters = read_dead_letters(Path(result.dead_letter_path))
     assert (result.documents_indexed, result.dead_lettered) == (3, 3)
     assert sorted(letter["id"] for letter in letters) == sorted(proxy.log.rejected_ids)
-    assert {(letter["stage"], letter["status"]) for letter in letters} == {("index", 429)}
-    assert all("gave up after retries" in letter["reason"] for letter in letters)
+    assert {(letter["stage"], letter["status"]) for letter in letters} == {("index", 400)}
+    assert all("document_parsing_exception" in letter["reason"] for letter in letters)
     assert all("description_vec" not in letter["document"] for letter in letters)  # vectors are not kept
     assert all(letter["document"]["name"].startswith("item") for letter in letters)
     assert sorted(indexed(es, index_name)) == sorted({str(i) for i in range(6)} - set(proxy.log.rejected_ids))
@@ -341,10 +341,8 @@ def test_full_sync_leaves_the_previous_cursor_when_bulk_writes_keep_failing(
     commit_rows(table, items(range(4, 8)))
 
     with FaultProxy(es_url, reject_bulk_requests=1000, reject_status=503) as proxy:
-        task = task_file(
-            connections=connections(warehouse, proxy.url), bulk={"max_retries": 0}, errors={"max_errors": 0}
-        )
-        with pytest.raises(TooManyErrorsError):
+        task = task_file(connections=connections(warehouse, proxy.url), bulk={"max_retries": 0})
+        with pytest.raises(TargetError, match="503"):
             run_sync(task, "items", mode=SyncMode.FULL)
 
     assert read_cursor(es, index_name).snapshot_id == 1  # type: ignore[union-attr]
@@ -490,7 +488,9 @@ def test_full_sync_keeps_the_password_out_of_errors_and_dead_letters(
     es: Elasticsearch, es_url: str, warehouse: str, index_name: str, task_file: TaskFileFactory
 ):
     write_paimon_table(warehouse, "db.items", pa.table({"sku": ["A-1", None, "C-3"], "note": ["a", "b", "c"]}))
-    with FaultProxy(es_url, require_basic_auth=("elastic", SECRET), reject_bulk_items=1) as proxy:
+    with FaultProxy(
+        es_url, require_basic_auth=("elastic", SECRET), reject_bulk_items=1, reject_item_status=400
+    ) as proxy:
         authorised = connections(warehouse, proxy.url, username="elastic", password=SECRET)
         result = run_sync(
             task_file(connections=authorised, primary_key="sku", bulk={"max_retries": 0}), "items", mode=SyncMode.FULL
@@ -558,7 +558,8 @@ def test_full_sync_raises_target_error_and_moves_no_cursor_when_the_cluster_goes
         with pytest.raises(TargetError) as raised:
             run_sync(task, "items", mode=SyncMode.FULL)
 
-    assert f"the request to Elasticsearch at {proxy.url} failed" in str(raised.value)
+    assert f"Elasticsearch at {proxy.url}: bulk requests to '{index_name}-2' still failed" in str(raised.value)
+    assert "connection error" in str(raised.value)
     assert "syncing task 'items'" in str(raised.value)
     assert "the cursor was not moved" in str(raised.value)
     assert SECRET not in full_error_text(raised.value)

@@ -60,6 +60,8 @@ def target_errors(connection: ElasticsearchConnection, doing: str) -> Iterator[N
     where = ", ".join(connection.hosts)
     try:
         yield
+    except TargetError as error:
+        raise type(error)(f"Elasticsearch at {where}: {error} (while {doing})") from None
     except TransportError as error:
         failure = type(error).__name__
         raise TargetError(f"the request to Elasticsearch at {where} failed while {doing}: {failure}") from None

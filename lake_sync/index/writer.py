@@ -1,5 +1,7 @@
 """The bulk writer: chunk actions by documents and bytes, keep a few requests in flight,
-retry what the cluster asks to retry, and yield one outcome per action.
+retry what the cluster asks to retry, and yield one outcome per action. Documents the index
+rejects (400 and the like) are failed outcomes; a cluster still refusing after the retries
+(429/5xx/connection errors) raises TargetError.
 
 IndexAction* → serialise (orjson) → chunks ≤ N docs / B bytes → ≤ K `_bulk` requests in flight
              → per-item retry of 429/502/503/504 with capped exponential backoff → IndexOutcome*
@@ -18,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch
-from elasticsearch import ConnectionError as ESConnectionError
+from elasticsearch import ApiError, AuthenticationException, AuthorizationException, Elasticsearch, TransportError
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from lake_sync.errors import TargetError
@@ -116,10 +117,13 @@ class BulkWriter:
                 with attempt:
                     self._attempt(actions, lines, pending, outcomes)
         except RetryError as error:
+            # A cluster that keeps refusing is an outage, not bad data: fail the run (the cursor
+            # stays, and a re-run is idempotent) rather than dead-letter documents that are fine.
             reason = error.last_attempt.exception().reason  # type: ignore[union-attr]
-            for position in pending:
-                status = outcomes[position].status if position in outcomes else 0
-                outcomes[position] = IndexOutcome(actions[position], False, status, f"gave up after retries: {reason}")
+            raise TargetError(
+                f"bulk requests to '{self._index}' still failed after {self._limits.max_retries} retries "
+                f"({len(pending)} of {len(actions)} documents unacknowledged): {reason}"
+            ) from None
         return [outcomes[position] for position in range(len(actions))]
 
     def _attempt(
@@ -138,7 +142,7 @@ class BulkWriter:
             raise TargetError(
                 f"Elasticsearch refused the bulk request to '{self._index}' ({error.meta.status})"
             ) from None
-        except ESConnectionError as error:
+        except TransportError as error:
             raise _RetryLater(f"connection error: {type(error).__name__}") from None
         except ApiError as error:
             if error.meta.status in RETRY_STATUSES:

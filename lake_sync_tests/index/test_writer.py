@@ -193,28 +193,25 @@ def test_writer_retries_only_the_items_a_bulk_response_rejected_with_429(
     assert count_documents(es, vector_index) == 6
 
 
-def test_writer_gives_failed_outcomes_with_the_last_status_when_429s_outlast_the_retries(
+def test_writer_raises_target_error_instead_of_dead_lettering_when_429s_outlast_the_retries(
     es: Elasticsearch, es_url: str, vector_index: str
 ):
     with FaultProxy(es_url, reject_bulk_requests=100, reject_status=429) as proxy:
         writer = BulkWriter(client_for(proxy.url), vector_index, limits(max_retries=2))
-        outcomes = list(writer.write(documents(3)))
+        with pytest.raises(TargetError, match=r"still failed after 2 retries \(3 of 3 documents unacknowledged\).*429"):
+            list(writer.write(documents(3)))
 
     assert proxy.log.bulk_requests == 3  # first attempt + 2 retries
-    assert [outcome.ok for outcome in outcomes] == [False] * 3
-    assert all("gave up after retries" in (outcome.reason or "") for outcome in outcomes)
-    assert all("429" in (outcome.reason or "") for outcome in outcomes)
     assert count_documents(es, vector_index) == 0
 
 
-def test_writer_gives_failed_outcomes_naming_the_connection_error_when_the_cluster_is_unreachable():
+def test_writer_raises_target_error_naming_the_connection_error_when_the_cluster_is_unreachable():
     writer = BulkWriter(client_for("http://127.0.0.1:1"), "anything", limits(max_retries=2))
 
-    outcomes = list(writer.write(documents(3)))
+    with pytest.raises(TargetError, match="connection error: ConnectionError"):
+        list(writer.write(documents(3)))
 
     assert writer.requests == 3
-    assert [(outcome.ok, outcome.status) for outcome in outcomes] == [(False, 0)] * 3
-    assert outcomes[0].reason == "gave up after retries: connection error: ConnectionError"
 
 
 def test_writer_raises_target_error_without_retrying_when_the_cluster_refuses_the_credentials(
