@@ -110,6 +110,8 @@ class SyncResult:
     model_calls: int
     bulk_requests: int
     seconds: float
+    #: Part of `seconds` spent waiting on the cluster's answers (not overlapped with reading or embedding).
+    index_wait_seconds: float
     dead_letter_path: str
     preview: list[dict[str, Any]] = field(default_factory=list)
 
@@ -306,6 +308,7 @@ class _Run:
         self.snapshot_id: int | None = None
         self.rows = self.indexed = self.deleted = self.rejected_keys = 0
         self.texts_embedded = self.vectors_reused = self.bulk_requests = 0
+        self.index_wait_seconds = 0.0
         self.preview: list[dict[str, Any]] = []
         self.calls_before = self._model_calls()
 
@@ -469,6 +472,7 @@ class _Run:
             else:
                 self.deleted += 1
         self.bulk_requests += writer.requests
+        self.index_wait_seconds += writer.wait_seconds
 
     def _dead_letter(self, document: RowDocument | IndexOutcome, stage: str, status: int, reason: str) -> None:
         body = document.body if isinstance(document, RowDocument) else document.action.body
@@ -502,6 +506,7 @@ class _Run:
             model_calls=self._model_calls() - self.calls_before,
             bulk_requests=self.bulk_requests,
             seconds=time.perf_counter() - started,
+            index_wait_seconds=self.index_wait_seconds,
             dead_letter_path=str(self.dead_letters.path),
             preview=[_without_vectors(body, self.plan, shown=True) for body in self.preview],
         )

@@ -189,6 +189,7 @@ def _index_metadata(result: SyncResult, documents: int) -> dict[str, Any]:
         "dead_letter_file": dg.MetadataValue.path(result.dead_letter_path),
         "bulk_requests": result.bulk_requests,
         "duration_s": dg.MetadataValue.float(round(result.seconds, 3)),
+        "index_wait_s": dg.MetadataValue.float(round(result.index_wait_seconds, 3)),
         "preview": dg.MetadataValue.md(_markdown_table(result.preview)),
     }
 

@@ -13,6 +13,7 @@ JSON serializer on the caller's thread; the sync needs all three to keep up with
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,6 +74,8 @@ class BulkWriter:
         self._index = index
         self._limits = limits
         self.requests = 0
+        #: Time the caller spent blocked on the cluster, i.e. not overlapped with producing actions.
+        self.wait_seconds = 0.0
 
     def write(self, actions: Iterable[IndexAction]) -> Iterator[IndexOutcome]:
         """Send `actions`; yields outcomes while later actions are still being produced."""
@@ -81,13 +84,20 @@ class BulkWriter:
             try:
                 for chunk in self._chunks(actions):
                     if len(in_flight) >= self._limits.max_in_flight:
-                        yield from in_flight.popleft().result()
+                        yield from self._result(in_flight.popleft())
                     in_flight.append(pool.submit(self._send, *chunk))
                 while in_flight:
-                    yield from in_flight.popleft().result()
+                    yield from self._result(in_flight.popleft())
             finally:
                 for future in in_flight:
                     future.cancel()
+
+    def _result(self, future: Future[list[IndexOutcome]]) -> list[IndexOutcome]:
+        started = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            self.wait_seconds += time.perf_counter() - started
 
     def _chunks(self, actions: Iterable[IndexAction]) -> Iterator[tuple[list[IndexAction], list[bytes]]]:
         chunk: list[IndexAction] = []
