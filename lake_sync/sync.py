@@ -262,7 +262,6 @@ def run_sync(
     overwrite commit or a schema change. A full resync builds a new physical index behind the
     alias and swaps it in atomically; the old one is deleted unless `keep_old_index`.
     """
-    started = time.perf_counter()
     task = task_file.task(task_name)
     connection = task_file.target_connection(task)
     table = _open_source(task_file, task)
@@ -277,16 +276,13 @@ def run_sync(
         if mode is SyncMode.INCREMENTAL and cursor is not None:
             change = plan_changes(table, cursor.snapshot_id)
             if change.kind is not ChangeRange.FULL_RESYNC:
-                return run.incremental(target, change, started)
+                return run.incremental(target, change)
             run.reason = f"full resync: {change.reason}"
         elif mode is SyncMode.INCREMENTAL:
             run.reason = "full sync: the index has no cursor yet (first sync)"
         else:
             run.reason = "full resync requested"
-        return run.full(target, cursor, keep_old_index, started)
-
-
-DeadLetterSink = Callable[[Any, str, int, str], None]
+        return run.full(target, cursor, keep_old_index)
 
 
 class _Run:
@@ -301,6 +297,7 @@ class _Run:
         dead_letters: DeadLetterFile,
         progress: ProgressCallback | None,
     ) -> None:
+        self.started = time.perf_counter()
         self.task, self.table, self.plan, self.client = task, table, plan, client
         self.dead_letters = dead_letters
         self.progress = progress
@@ -312,12 +309,12 @@ class _Run:
         self.preview: list[dict[str, Any]] = []
         self.calls_before = self._model_calls()
 
-    def full(self, target: TargetState, cursor: SyncCursor | None, keep_old: bool, started: float) -> SyncResult:
+    def full(self, target: TargetState, cursor: SyncCursor | None, keep_old: bool) -> SyncResult:
         """Rebuild behind the alias (or in place for a concrete index), catch up, then swap."""
         snapshot = self.table.latest_snapshot()
         self.snapshot_id = snapshot.id if snapshot else None
         if target.kind is TargetKind.CONCRETE:
-            return self._full_in_place(target.name, snapshot, cursor, started)
+            return self._full_in_place(target.name, snapshot, cursor)
         delete_unfinished(self.client, target.name)
         index = next_physical_index(self.client, target.name)
         ensure_index(self.client, index, self.plan.mappings)
@@ -328,9 +325,9 @@ class _Run:
         swap_alias(self.client, target.name, index, target.write_index)
         if target.write_index is not None and not keep_old:
             self.client.indices.delete(index=target.write_index)
-        return self._result(SyncMode.FULL, target.name, index, cursor.snapshot_id if cursor else None, started)
+        return self._result(SyncMode.FULL, target.name, index, cursor.snapshot_id if cursor else None)
 
-    def incremental(self, target: TargetState, change: ChangePlan, started: float) -> SyncResult:
+    def incremental(self, target: TargetState, change: ChangePlan) -> SyncResult:
         """Apply one range of changes to the index the alias points at."""
         assert target.write_index is not None
         self.snapshot_id = change.end.id if change.end else change.start
@@ -338,11 +335,9 @@ class _Run:
             self._apply_changes(target.write_index, change)
         if change.kind is not ChangeRange.UP_TO_DATE:
             self._finish(target.write_index, refresh=False)
-        return self._result(SyncMode.INCREMENTAL, target.name, target.write_index, change.start, started)
+        return self._result(SyncMode.INCREMENTAL, target.name, target.write_index, change.start)
 
-    def _full_in_place(
-        self, index: str, snapshot: Snapshot | None, cursor: SyncCursor | None, started: float
-    ) -> SyncResult:
+    def _full_in_place(self, index: str, snapshot: Snapshot | None, cursor: SyncCursor | None) -> SyncResult:
         self.reason += (
             f"; '{index}' is a concrete index, so it was resynced in place (stale documents deleted). "
             f"For zero-downtime resyncs, reindex it into '{index}-1', delete '{index}' and add the "
@@ -356,7 +351,7 @@ class _Run:
             stale = (IndexAction("delete", i) for i in document_ids(self.client, index) if i not in seen)
             self._write(index, stale)
         self._finish(index)
-        return self._result(SyncMode.FULL, index, index, cursor.snapshot_id if cursor else None, started)
+        return self._result(SyncMode.FULL, index, index, cursor.snapshot_id if cursor else None)
 
     def _map_missing_fields(self, index: str) -> None:
         """Map the task's fields an existing index lacks before any document arrives: dynamic
@@ -485,9 +480,7 @@ class _Run:
     def _model_calls(self) -> int:
         return sum(vector.embedder.calls for vector in self.plan.vectors)
 
-    def _result(
-        self, mode: SyncMode, index: str, physical_index: str, from_snapshot: int | None, started: float
-    ) -> SyncResult:
+    def _result(self, mode: SyncMode, index: str, physical_index: str, from_snapshot: int | None) -> SyncResult:
         return SyncResult(
             task=self.task.name,
             mode=mode,
@@ -505,7 +498,7 @@ class _Run:
             vectors_reused=self.vectors_reused,
             model_calls=self._model_calls() - self.calls_before,
             bulk_requests=self.bulk_requests,
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - self.started,
             index_wait_seconds=self.index_wait_seconds,
             dead_letter_path=str(self.dead_letters.path),
             preview=[_without_vectors(body, self.plan, shown=True) for body in self.preview],
