@@ -23,7 +23,7 @@ class HashingEmbedder(Embedder):
         self.dims = dims
         self.model_id = f"hash:{dims}"
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
         vectors = np.empty((len(texts), self.dims), dtype=np.float32)
         for row, text in enumerate(texts):
             seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

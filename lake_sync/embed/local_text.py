@@ -32,7 +32,7 @@ class LocalTextEmbedder(Embedder):
         self.dims = int(self._model.get_embedding_dimension())
         self._lock = threading.Lock()
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
         # torch already uses every core; concurrent calls would only fight over them.
         with self._lock:
             return self._model.encode(
