@@ -95,7 +95,48 @@ class ElasticsearchConnection(_Model):
         return self
 
 
-Connection = Annotated[PaimonConnection | ElasticsearchConnection, Field(discriminator="type")]
+class OpenAIConnection(_Model):
+    """An OpenAI-compatible embeddings API: OpenAI, vLLM, TEI, or the local `lake-sync serve-models`.
+
+    Used by transforms as `model: <connection name>:<model name>`.
+    """
+
+    type: Literal["openai"]
+    base_url: str
+    api_key: SecretStr | None = None
+    #: Inputs per request, requests in flight and a requests-per-second cap (None: no cap).
+    batch_size: int = Field(default=32, ge=1, le=2048)
+    max_in_flight: int = Field(default=4, ge=1)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    #: Vector dims per model name, when known; otherwise one probe call finds them.
+    dims: dict[str, int] = Field(default_factory=dict)
+
+
+class AISearchConnection(_Model):
+    """Alibaba Cloud AI Search Open Platform (native text- and multimodal-embedding APIs).
+
+    Used by transforms as `model: <connection name>:<service id>`, e.g. `aisearch:ops-text-embedding-002`.
+    """
+
+    type: Literal["aisearch"]
+    host: str
+    workspace: str = "default"
+    api_key: SecretStr
+    # The platform takes at most 32 inputs per request; QPS limits are per account and model.
+    batch_size: int = Field(default=32, ge=1, le=32)
+    max_in_flight: int = Field(default=4, ge=1)
+    requests_per_second: float | None = Field(default=10.0, gt=0)
+    timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    dims: dict[str, int] = Field(default_factory=dict)
+
+
+ModelConnection = OpenAIConnection | AISearchConnection
+Connection = Annotated[
+    PaimonConnection | ElasticsearchConnection | OpenAIConnection | AISearchConnection, Field(discriminator="type")
+]
 
 
 class SourceConfig(_Model):
@@ -110,10 +151,14 @@ class TargetConfig(_Model):
 
 
 class Transform(_Model):
-    """Embed one column into a vector field."""
+    """Embed one column into a vector field.
+
+    `model` is `<provider>:<name>`: a built-in provider (`local`, `clip`, `hash`) or the name of
+    an `openai` / `aisearch` connection.
+    """
 
     field: str
-    embed: Literal["text"]
+    embed: Literal["text", "image"]
     model: str = DEFAULT_TEXT_MODEL
     to: str
 
@@ -188,6 +233,13 @@ class TaskFile(_Model):
         if duplicated:
             raise ValueError(f"tasks: names {duplicated} are used twice; task names must be unique")
         for task in self.tasks:
+            for number, transform in enumerate(task.transforms):
+                provider = transform.model.partition(":")[0]
+                if provider in self.connections and not isinstance(self.connections[provider], ModelConnection):
+                    raise ValueError(
+                        f"task '{task.name}': transforms.{number}.model: connection '{provider}' has type "
+                        f"'{self.connections[provider].type}'; models need an openai or aisearch connection"
+                    )
             for role, ref, kind in (
                 ("source", task.source.connection, PaimonConnection),
                 ("target", task.target.connection, ElasticsearchConnection),
@@ -215,6 +267,11 @@ class TaskFile(_Model):
 
     def source_connection(self, task: Task) -> PaimonConnection:
         return self.connections[task.source.connection]  # type: ignore[return-value]
+
+    def model_connection(self, model: str) -> ModelConnection | None:
+        """The connection a `<connection>:<model>` spec names, or None for built-in providers."""
+        connection = self.connections.get(model.partition(":")[0])
+        return connection if isinstance(connection, ModelConnection) else None
 
     def target_connection(self, task: Task) -> ElasticsearchConnection:
         return self.connections[task.target.connection]  # type: ignore[return-value]

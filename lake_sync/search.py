@@ -31,7 +31,7 @@ def semantic_search(task_file: TaskFile, task_name: str, text: str, *, k: int = 
     if not task.transforms:
         raise ConfigError(f"task '{task.name}': transforms: the task has no vector field to search; add a transform")
     transform = task.transforms[0]
-    query_vector = build_embedder(transform.model).embed_texts([text])[0]
+    query_vector = build_embedder(transform.model, task_file.model_connection(transform.model)).embed_texts([text])[0]
     connection = task_file.target_connection(task)
     client = build_client(connection)
     check_cluster(client, connection)

@@ -149,7 +149,7 @@ class SyncLag:
         return (self.latest_snapshot.time_millis - self.cursor_snapshot.time_millis) / 1000
 
 
-def plan_sync(task: Task, table: PaimonTable) -> SyncPlan:
+def plan_sync(task: Task, table: PaimonTable, task_file: TaskFile) -> SyncPlan:
     """Resolve fields, renames, keys, vector fields and the index mapping; ConfigError if they don't fit."""
     available = [name for name in table.column_names if name != table.row_kind_column]
     fields = task.fields if task.fields is not None else available
@@ -183,7 +183,10 @@ def plan_sync(task: Task, table: PaimonTable) -> SyncPlan:
                 "text embedding needs a string column"
             )
     renames = {name: task.mapping.get(name, name) for name in fields}
-    vectors = [VectorField(t.field, t.to, build_embedder(t.model), renames.get(t.field)) for t in task.transforms]
+    vectors = [
+        VectorField(t.field, t.to, build_embedder(t.model, task_file.model_connection(t.model)), renames.get(t.field))
+        for t in task.transforms
+    ]
     mappings = build_mappings(
         {renames[name]: schema.field(name).type for name in fields},
         {vector.field: vector.embedder.dims for vector in vectors},
@@ -265,7 +268,7 @@ def run_sync(
     task = task_file.task(task_name)
     connection = task_file.target_connection(task)
     table = _open_source(task_file, task)
-    plan = plan_sync(task, table)
+    plan = plan_sync(task, table, task_file)
     client = _connect(connection)
     dead_letter_path = Path(task_file.state_dir) / "dead_letters" / f"{task.name}.jsonl"
     doing = f"syncing task '{task.name}' into '{task.target.index}' (the cursor was not moved)"

@@ -403,7 +403,7 @@ def test_full_sync_run_twice_on_the_same_snapshot_leaves_the_index_unchanged(
             {"transforms": [{**VECTOR, "field": "price"}]},
             "transforms.field 'price' is int64; text embedding needs a string column",
         ),
-        ({"transforms": [{**VECTOR, "model": "clip:tiny"}]}, "model 'clip:tiny' is not understood"),
+        ({"transforms": [{**VECTOR, "model": "bert:tiny"}]}, "model 'bert:tiny' is not understood"),
     ],
     ids=["field", "primary-key", "transform-field", "mapping", "mapping-not-in-fields", "non-text-embed", "model"],
 )
