@@ -174,13 +174,13 @@ def test_transform_model_defaults_to_the_local_text_model():
     assert parse_task_file(data).task("products").transforms[0].model == DEFAULT_TEXT_MODEL
 
 
-def test_image_embedding_is_rejected_naming_the_task_the_field_and_the_allowed_value():
-    message = config_error(lambda d: d["tasks"][0]["transforms"][0].update(embed="image"))
+def test_unknown_embed_kind_is_rejected_naming_the_task_the_field_and_the_allowed_values():
+    message = config_error(lambda d: d["tasks"][0]["transforms"][0].update(embed="video"))
 
     assert "task 'products'" in message
     assert "transforms.0.embed" in message
-    assert "'text'" in message
-    assert "'image'" in message
+    assert "'text' or 'image'" in message
+    assert "'video'" in message
 
 
 def test_unknown_field_is_rejected_naming_the_task_and_the_field():
@@ -270,7 +270,7 @@ def test_invalid_settings_are_rejected_naming_the_task_and_the_field(change: Any
 
 def test_every_problem_in_a_file_is_reported_at_once():
     def break_twice(data: dict[str, Any]) -> None:
-        data["tasks"][0]["transforms"][0]["embed"] = "image"
+        data["tasks"][0]["transforms"][0]["embed"] = "video"
         data["tasks"][0]["source"]["tabel"] = "x"
 
     message = config_error(break_twice)
