@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import pyarrow as pa
 from elasticsearch import Elasticsearch
 
 from lake_sync.config import ElasticsearchConnection, Task, TaskFile
 from lake_sync.documents import FieldPlan, RowDocument, batch_documents, encode_id, key_problem
 from lake_sync.embed import Embedder, build_embedder
+from lake_sync.embed.cache import EmbeddingCache
 from lake_sync.errors import ConfigError, SourceError, TooManyErrorsError
 from lake_sync.index.aliases import (
     TargetKind,
@@ -45,7 +47,11 @@ from lake_sync.index.writer import BulkLimits, BulkWriter, IndexAction, IndexOut
 from lake_sync.source.changes import ChangePlan, ChangeRange, collapse_changes, plan_changes, read_changes
 from lake_sync.source.paimon import PaimonTable, Snapshot, open_table
 
+if TYPE_CHECKING:
+    from lake_sync.embed.images import ImageFetcher
+
 PREVIEW_DOCUMENTS = 5
+EMBEDDING_CACHE_FILE = "embeddings.sqlite"
 # A resync catches its new index up with commits that landed while it was built; past this
 # many rounds the table is committing faster than we index, and the run says so.
 MAX_CATCH_UP_ROUNDS = 5
@@ -67,13 +73,12 @@ class SyncStatus(StrEnum):
 
 @dataclass(frozen=True)
 class VectorField:
-    """One transform, resolved: read `column`, embed with `embedder`, write to `field`."""
+    """One transform, resolved: read `column` (texts, or images to fetch), embed with `embedder`, write to `field`."""
 
     column: str
     field: str
     embedder: Embedder
-    #: The document field holding the embedded text, if the text is synced too.
-    text_field: str | None = None
+    kind: Literal["text", "image"] = "text"
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,12 @@ class SyncResult:
     documents_deleted: int
     dead_lettered: int
     rejected_keys: int
-    texts_embedded: int
-    vectors_reused: int
+    #: Inputs (texts or images) that got a vector, from the model or the embedding cache.
+    inputs_embedded: int
+    cache_hits: int
     model_calls: int
+    model_inputs: int
+    model_tokens: int
     bulk_requests: int
     seconds: float
     #: Part of `seconds` spent waiting on the cluster's answers (not overlapped with reading or embedding).
@@ -184,7 +192,7 @@ def plan_sync(task: Task, table: PaimonTable, task_file: TaskFile) -> SyncPlan:
             )
     renames = {name: task.mapping.get(name, name) for name in fields}
     vectors = [
-        VectorField(t.field, t.to, build_embedder(t.model, task_file.model_connection(t.model)), renames.get(t.field))
+        VectorField(t.field, t.to, build_embedder(t.model, task_file.model_connection(t.model)), t.embed)
         for t in task.transforms
     ]
     mappings = build_mappings(
@@ -272,8 +280,9 @@ def run_sync(
     client = _connect(connection)
     dead_letter_path = Path(task_file.state_dir) / "dead_letters" / f"{task.name}.jsonl"
     doing = f"syncing task '{task.name}' into '{task.target.index}' (the cursor was not moved)"
-    with target_errors(connection, doing), DeadLetterFile(dead_letter_path) as dead_letters:
-        run = _Run(task, table, plan, client, dead_letters, progress)
+    cache = EmbeddingCache(Path(task_file.state_dir) / EMBEDDING_CACHE_FILE)
+    with target_errors(connection, doing), DeadLetterFile(dead_letter_path) as dead_letters, closing(cache):
+        run = _Run(task, table, plan, client, dead_letters, cache, progress)
         target = resolve_target(client, task.target.index)
         cursor = read_cursor(client, target.write_index) if target.write_index else None
         if mode is SyncMode.INCREMENTAL and cursor is not None:
@@ -298,19 +307,28 @@ class _Run:
         plan: SyncPlan,
         client: Elasticsearch,
         dead_letters: DeadLetterFile,
+        cache: EmbeddingCache,
         progress: ProgressCallback | None,
     ) -> None:
         self.started = time.perf_counter()
         self.task, self.table, self.plan, self.client = task, table, plan, client
         self.dead_letters = dead_letters
+        self.cache = cache
         self.progress = progress
         self.reason = ""
         self.snapshot_id: int | None = None
         self.rows = self.indexed = self.deleted = self.rejected_keys = 0
-        self.texts_embedded = self.vectors_reused = self.bulk_requests = 0
+        self.inputs_embedded = self.cache_hits = self.bulk_requests = 0
         self.index_wait_seconds = 0.0
         self.preview: list[dict[str, Any]] = []
-        self.calls_before = self._model_calls()
+        self.usage_before = self._model_usage()
+
+    @cached_property
+    def images(self) -> ImageFetcher:
+        """Fetches image column values (paths, URIs, bytes); created for tasks with image transforms only."""
+        from lake_sync.embed.images import ImageFetcher
+
+        return ImageFetcher()
 
     def full(self, target: TargetState, cursor: SyncCursor | None, keep_old: bool) -> SyncResult:
         """Rebuild behind the alias (or in place for a concrete index), catch up, then swap."""
@@ -397,7 +415,7 @@ class _Run:
     def _snapshot_actions(self, snapshot: Snapshot, *, seen_ids: set[str] | None) -> Iterator[IndexAction]:
         batches = self.table.read_snapshot(snapshot.id, columns=self.plan.columns, batch_rows=self.task.read_batch_rows)
         for batch in batches:
-            for action in self._upserts(batch, index=None):
+            for action in self._upserts(batch):
                 if seen_ids is not None:
                     seen_ids.add(action.id)
                 yield action
@@ -412,22 +430,18 @@ class _Run:
 
         def actions() -> Iterator[IndexAction]:
             for batch in changes.upserts.to_batches(max_chunksize=self.task.read_batch_rows):
-                yield from self._upserts(batch, index=index)
+                yield from self._upserts(batch)
             for key in changes.deletes:
                 if key_problem(key, self.plan.documents.key_columns) is None:
                     yield IndexAction("delete", encode_id(key))
 
         self._write(index, actions())
 
-    def _upserts(self, batch: pa.RecordBatch, *, index: str | None) -> Iterator[IndexAction]:
-        """Index actions for a batch of rows; with `index`, vectors of unchanged texts are reused from it."""
+    def _upserts(self, batch: pa.RecordBatch) -> Iterator[IndexAction]:
+        """Index actions for a batch of rows, with their vectors."""
         documents = list(batch_documents(batch, self.plan.documents))
-        reusable = self._reusable_vectors(index, documents) if index is not None else {}
         for vector in self.plan.vectors:
-            texts = batch.column(vector.column).to_pylist()
-            reused = reusable.get(vector.field, {})
-            self.vectors_reused += len(reused)
-            self.texts_embedded += _attach_vectors(documents, texts, vector, reused)
+            self._attach_vectors(documents, batch.column(vector.column).to_pylist(), vector)
         for document in documents:
             if document.id is None:
                 self.rejected_keys += 1
@@ -437,28 +451,27 @@ class _Run:
                 self.preview.append({"_id": document.id, **document.body})
             yield IndexAction("index", document.id, document.body)
 
-    def _reusable_vectors(self, index: str, documents: list[RowDocument]) -> dict[str, dict[str, Any]]:
-        """Vectors already in the index whose text has not changed: {vector field: {id: vector}}.
+    def _attach_vectors(self, documents: list[RowDocument], values: list[Any], vector: VectorField) -> None:
+        """Set the vector of every written document with a value, from the cache or the model.
 
-        Updating a column no transform reads must not cost a model call.
+        An image that cannot be fetched or decoded is a dead letter; its document is still
+        written, without that vector.
         """
-        comparable = [vector for vector in self.plan.vectors if vector.text_field]
-        ids = [document.id for document in documents if document.id is not None]
-        if not comparable or not ids:
-            return {}
-        wanted = [name for vector in comparable for name in (vector.field, vector.text_field)]
-        response = self.client.mget(index=index, ids=ids, source_includes=wanted)
-        stored = {doc["_id"]: doc.get("_source", {}) for doc in response["docs"] if doc.get("found")}
-        new_texts = {document.id: document.body for document in documents if document.id is not None}
-        reusable: dict[str, dict[str, Any]] = {}
-        for vector in comparable:
-            reusable[vector.field] = {
-                document_id: source[vector.field]
-                for document_id, source in stored.items()
-                if vector.field in source
-                and source.get(vector.text_field) == new_texts[document_id].get(vector.text_field)
-            }
-        return reusable
+        rows = [row for row, document in enumerate(documents) if document.id is not None and values[row]]
+        if vector.kind == "image":
+            fetched = self.images.fetch([values[row] for row in rows])
+            for row, image in zip(rows, fetched, strict=True):
+                if image.error is not None:
+                    self._dead_letter(documents[row], "image", 0, f"{vector.column}: {image.error}")
+            usable = [(row, image.data) for row, image in zip(rows, fetched, strict=True) if image.data is not None]
+            rows = [row for row, _ in usable]
+            embedded = self.cache.embed_images(vector.embedder, [data for _, data in usable])
+        else:
+            embedded = self.cache.embed_texts(vector.embedder, [values[row] for row in rows])
+        self.inputs_embedded += len(rows)
+        self.cache_hits += embedded.hits
+        for row, vector_values in zip(rows, embedded.vectors, strict=True):
+            documents[row].body[vector.field] = vector_values
 
     def _write(self, index: str, actions: Iterable[IndexAction]) -> None:
         writer = BulkWriter(self.client, index, _limits(self.task))
@@ -480,10 +493,17 @@ class _Run:
         )
         self.dead_letters.add(letter)
 
-    def _model_calls(self) -> int:
-        return sum(vector.embedder.calls for vector in self.plan.vectors)
+    def _model_usage(self) -> tuple[int, int, int]:
+        """Calls, inputs and tokens of this run's models so far (models are shared per process)."""
+        embedders = {id(vector.embedder): vector.embedder for vector in self.plan.vectors}.values()
+        return (
+            sum(embedder.calls for embedder in embedders),
+            sum(embedder.inputs for embedder in embedders),
+            sum(embedder.tokens for embedder in embedders),
+        )
 
     def _result(self, mode: SyncMode, index: str, physical_index: str, from_snapshot: int | None) -> SyncResult:
+        usage = self._model_usage()
         return SyncResult(
             task=self.task.name,
             mode=mode,
@@ -497,33 +517,17 @@ class _Run:
             documents_deleted=self.deleted,
             dead_lettered=self.dead_letters.count,
             rejected_keys=self.rejected_keys,
-            texts_embedded=self.texts_embedded,
-            vectors_reused=self.vectors_reused,
-            model_calls=self._model_calls() - self.calls_before,
+            inputs_embedded=self.inputs_embedded,
+            cache_hits=self.cache_hits,
+            model_calls=usage[0] - self.usage_before[0],
+            model_inputs=usage[1] - self.usage_before[1],
+            model_tokens=usage[2] - self.usage_before[2],
             bulk_requests=self.bulk_requests,
             seconds=time.perf_counter() - self.started,
             index_wait_seconds=self.index_wait_seconds,
             dead_letter_path=str(self.dead_letters.path),
             preview=[_without_vectors(body, self.plan, shown=True) for body in self.preview],
         )
-
-
-def _attach_vectors(documents: list[RowDocument], texts: list[Any], vector: VectorField, reused: dict[str, Any]) -> int:
-    """Set each written document's vector, reusing where possible; returns how many texts were embedded."""
-    rows = []
-    for row, document in enumerate(documents):
-        if document.id is None or not texts[row]:
-            continue
-        if document.id in reused:
-            document.body[vector.field] = reused[document.id]
-        else:
-            rows.append(row)
-    if not rows:
-        return 0
-    embedded: np.ndarray = vector.embedder.embed_texts([texts[row] for row in rows])
-    for row, values in zip(rows, embedded, strict=True):
-        documents[row].body[vector.field] = values
-    return len(rows)
 
 
 def _without_vectors(body: dict[str, Any] | None, plan: SyncPlan, *, shown: bool = False) -> dict[str, Any] | None:

@@ -98,7 +98,7 @@ def test_full_sync_indexes_every_row_of_a_multi_bucket_primary_key_table_with_ve
     assert result.status == SyncStatus.COMPLETED
     assert result.snapshot_id == 3
     assert (result.rows_read, result.documents_indexed, result.dead_lettered) == (150, 150, 0)
-    assert result.texts_embedded == 150
+    assert result.inputs_embedded == 150
     assert sorted(documents, key=int) == [str(i) for i in range(150)]
     assert documents["5"]["name"] == "updated 5"
     assert documents["120"]["updated_at"] == "2026-01-01T02:00:00+00:00"
@@ -237,7 +237,7 @@ def test_full_sync_keeps_unicode_text_and_nulls_and_embeds_only_non_empty_texts(
     result = run_sync(task_file(transforms=[VECTOR]), "items", mode=SyncMode.FULL)
 
     documents = indexed(es, index_name)
-    assert result.texts_embedded == 1
+    assert result.inputs_embedded == 1
     assert documents["1"]["name"] == "Kōbō Ørsted Grüße"
     assert documents["1"]["description"] == "日本語の説明 🚀 עברית"
     assert len(documents["1"]["description_vec"]) == 8
@@ -540,7 +540,7 @@ def test_full_sync_with_the_local_text_model_lets_a_knn_query_find_the_matching_
         knn={"field": "description_vec", "query_vector": query.tolist(), "k": 3, "num_candidates": 10},
         source=False,
     )["hits"]["hits"]
-    assert result.texts_embedded == 6
+    assert result.inputs_embedded == 6
     assert hits[0]["_id"] == "2"
 
 
@@ -564,3 +564,33 @@ def test_full_sync_raises_target_error_and_moves_no_cursor_when_the_cluster_goes
     assert "the cursor was not moved" in str(raised.value)
     assert SECRET not in full_error_text(raised.value)
     assert read_cursor(es, index_name).snapshot_id == 1  # type: ignore[union-attr]
+
+
+# --- model calls --------------------------------------------------------------------------------
+
+
+def test_full_resync_of_an_unchanged_table_makes_no_model_call(
+    es: Elasticsearch, warehouse: str, index_name: str, task_file: TaskFileFactory
+):
+    pk_table(warehouse, items(range(40)))
+    first = run_sync(task_file(transforms=[VECTOR]), "items", mode=SyncMode.FULL)
+
+    again = run_sync(task_file(transforms=[VECTOR]), "items", mode=SyncMode.FULL)
+
+    assert (first.model_inputs, first.cache_hits) == (40, 0) and first.model_calls >= 1
+    assert (again.model_calls, again.cache_hits, again.inputs_embedded) == (0, 40, 40)
+    assert len(indexed(es, index_name)) == 40
+
+
+def test_rerun_after_a_failed_index_write_makes_no_model_call(
+    es: Elasticsearch, es_url: str, warehouse: str, index_name: str, task_file: TaskFileFactory
+):
+    pk_table(warehouse, items(range(10)))
+    with FaultProxy(es_url, go_dark_at_bulk=1) as proxy:
+        broken = task_file(connections=connections(warehouse, proxy.url), transforms=[VECTOR], bulk={"max_retries": 0})
+        with pytest.raises(TargetError):
+            run_sync(broken, "items", mode=SyncMode.FULL)
+
+    result = run_sync(task_file(transforms=[VECTOR]), "items", mode=SyncMode.FULL)
+
+    assert (result.model_calls, result.cache_hits, result.documents_indexed) == (0, 10, 10)

@@ -103,7 +103,7 @@ def test_incremental_sync_indexes_rows_inserted_since_the_cursor(
     assert (result.mode, result.status, result.reason) == (SyncMode.INCREMENTAL, SyncStatus.COMPLETED, "")
     assert (result.from_snapshot, result.snapshot_id) == (1, 2)
     assert (result.rows_read, result.documents_indexed, result.documents_deleted) == (5, 5, 0)
-    assert result.texts_embedded == 5
+    assert result.inputs_embedded == 5
     assert result.physical_index == f"{index_name}-1"  # applied in place, no rebuild
     assert read_cursor(es, index_name).snapshot_id == 2  # type: ignore[union-attr]
     assert_index_matches_source(es, index_name, warehouse, vectors=VECTOR_FIELDS)
@@ -187,7 +187,7 @@ def test_incremental_sync_applies_a_range_of_many_mixed_commits_in_one_run(
 # --- what each run costs ----------------------------------------------------------------------------
 
 
-def test_incremental_sync_of_a_column_no_transform_reads_reuses_the_stored_vector_without_a_model_call(
+def test_incremental_sync_of_a_column_no_transform_reads_takes_the_vector_from_the_cache_without_a_model_call(
     es: Elasticsearch, warehouse: str, index_name: str, task_file: TaskFileFactory, synced: Any
 ):
     commit_rows(synced, with_prices(items([3, 4]), 12345))
@@ -195,8 +195,7 @@ def test_incremental_sync_of_a_column_no_transform_reads_reuses_the_stored_vecto
     result = run_sync(task_file(transforms=[VECTOR]), "items")
 
     assert result.model_calls == 0
-    assert result.texts_embedded == 0
-    assert result.vectors_reused >= 1
+    assert (result.inputs_embedded, result.cache_hits) == (2, 2)
     assert index_documents(es, index_name)["3"]["price"] == 12345
     assert_index_matches_source(es, index_name, warehouse, vectors=VECTOR_FIELDS)
 
@@ -209,7 +208,7 @@ def test_incremental_sync_of_a_changed_embedded_text_calls_the_model_for_it(
     result = run_sync(task_file(transforms=[VECTOR]), "items")
 
     assert result.model_calls == 1
-    assert (result.texts_embedded, result.vectors_reused) == (1, 0)
+    assert (result.inputs_embedded, result.cache_hits, result.model_inputs) == (1, 0, 1)
     assert_index_matches_source(es, index_name, warehouse, vectors=VECTOR_FIELDS)
 
 

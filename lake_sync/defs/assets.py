@@ -166,9 +166,11 @@ def _embedded_metadata(result: SyncResult) -> dict[str, Any]:
     return {
         "snapshot_id": result.snapshot_id,
         "rows_read": result.rows_read,
-        "texts_embedded": result.texts_embedded,
-        "vectors_reused": result.vectors_reused,
+        "inputs_embedded": result.inputs_embedded,
+        "cache_hits": result.cache_hits,
         "model_calls": result.model_calls,
+        "model_inputs": result.model_inputs,
+        "model_tokens": result.model_tokens,
     }
 
 

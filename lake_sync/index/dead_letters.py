@@ -13,7 +13,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
-Stage = Literal["key", "embed", "index"]
+Stage = Literal["key", "image", "embed", "index"]
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def test_full_sync_job_indexes_rows_dead_letters_null_keys_and_records_the_snaps
     embedded_event = next(
         e for e in result.get_asset_materialization_events() if e.asset_key.path == ["kettles", "embedded_batches"]
     )
-    assert embedded_event.materialization.metadata["texts_embedded"].value == 3
+    assert embedded_event.materialization.metadata["inputs_embedded"].value == 3
     checks = result.get_asset_check_evaluations()
     assert [(c.check_name, c.passed) for c in checks] == [(DOCUMENT_COUNT_CHECK, True)]
     cursor = read_cursor(es, index_name)
