@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -54,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="semantic search in a task's index")
     search.add_argument("task")
-    search.add_argument("text")
+    search.add_argument("text", nargs="?", help="query text, embedded for every text-queryable vector field")
+    search.add_argument("--image", type=Path, help="query image: searches the image vector fields")
+    search.add_argument("--hybrid", action="store_true", help="add BM25 over the text fields to the kNN scores")
     search.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
     search.set_defaults(run=_search)
     return parser
@@ -103,10 +106,13 @@ def _sync(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from lake_sync.config import load_task_file
-    from lake_sync.search import semantic_search
+    from lake_sync.search import search
 
-    hits = semantic_search(load_task_file(args.tasks), args.task, args.text, k=args.k)
-    table = Table(title=f"{args.task}: {args.text!r}", show_lines=False)
+    if args.image is not None and not args.image.is_file():
+        raise ConfigError(f"search --image: {args.image} is not a file")
+    image = args.image.read_bytes() if args.image is not None else None
+    hits = search(load_task_file(args.tasks), args.task, args.text, image=image, k=args.k, hybrid=args.hybrid)
+    table = Table(title=f"{args.task}: {args.text or args.image}", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("_id")

@@ -33,7 +33,8 @@ class Embedder(ABC):
     batch_size: int = 64
     #: Calls allowed at once; local models use the CPU fully with one.
     max_in_flight: int = 1
-    #: Whether `embed_images` works.
+    #: Whether `embed_texts` and `embed_images` work (a CLIP embeds both; an image-only model no text).
+    embeds_texts: bool = True
     embeds_images: bool = False
 
     def __init__(self) -> None:
