@@ -60,6 +60,31 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--hybrid", action="store_true", help="add BM25 over the text fields to the kNN scores")
     search.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
     search.set_defaults(run=_search)
+
+    serve = commands.add_parser(
+        "serve-models", help="serve embedding models over the OpenAI API (embeddings, files, batches), offline"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on, 0 for any free one (default 8000)")
+    serve.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=SPEC",
+        help="served model name and lake-sync model spec, repeatable (default all-MiniLM-L6-v2=local:all-MiniLM-L6-v2)",
+    )
+    serve.add_argument(
+        "--storage", type=Path, help="where files and batches are kept (default .lake_sync/model_server)"
+    )
+    serve.add_argument("--latency-ms", type=float, default=0.0, help="added to every request, to mimic a remote model")
+    serve.add_argument(
+        "--latency-only-dims",
+        type=int,
+        help="answer with canned vectors of this many dims and run no model (benchmarks)",
+    )
+    serve.add_argument(
+        "--api-key", help="require this bearer key (default: $LAKE_SYNC_MODEL_SERVER_API_KEY, else no key)"
+    )
+    serve.set_defaults(run=_serve_models)
     return parser
 
 
@@ -140,6 +165,32 @@ def _status(args: argparse.Namespace) -> int:
     table.add_row("lag (seconds)", _or_unknown(lag.seconds_behind))
     table.add_row("documents", str(count_target_documents(task_file, args.task)) if lag.cursor else "-")
     console.print(table)
+    return 0
+
+
+def _serve_models(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from lake_sync.local.model_server import API_KEY_ENV, DEFAULT_MODELS, DEFAULT_STORAGE_DIR, create_app
+
+    models = dict(DEFAULT_MODELS)
+    if args.model:
+        models = {}
+        for item in args.model:
+            name, _, spec = item.partition("=")
+            if not name or not spec:
+                raise ConfigError(
+                    f"--model takes NAME=SPEC, e.g. all-MiniLM-L6-v2=local:all-MiniLM-L6-v2; got '{item}'"
+                )
+            models[name] = spec
+    app = create_app(
+        models=models,
+        storage_dir=args.storage or DEFAULT_STORAGE_DIR,
+        latency_seconds=args.latency_ms / 1000,
+        latency_only_dims=args.latency_only_dims,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV),
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
 

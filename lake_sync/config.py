@@ -112,6 +112,10 @@ class OpenAIConnection(_Model):
     max_retries: int = Field(default=5, ge=0)
     #: Vector dims per model name, when known; otherwise one probe call finds them.
     dims: dict[str, int] = Field(default_factory=dict)
+    #: How the server takes images, for multimodal models (None: texts only). "object" sends
+    #: `input: [{"image": "data:image/png;base64,..."}]` (Jina-style servers); "modality" sends
+    #: `input: ["data:image/png;base64,..."]` with `modality: "image"` (infinity-emb).
+    image_input: Literal["object", "modality"] | None = None
 
 
 class AISearchConnection(_Model):

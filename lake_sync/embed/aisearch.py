@@ -1,0 +1,162 @@
+"""Alibaba Cloud AI Search Open Platform embeddings through its native REST APIs.
+
+texts | images → ≤32 inputs → POST {host}/v3/openapi/workspaces/{ws}/{text|multi-modal}-embedding/{service} → vectors
+
+Request and answer shapes, as the platform documents them (developer reference pages "Text
+embedding" and "Multimodal embedding"):
+
+- text models: `{"input": ["...", ...], "input_type": "document"}`;
+- multimodal models (`ops-m2-encoder*`, `ops-gme-*`): `{"input": [{"text": "..."} | {"image": "..."}]}`,
+  one text or one image per input (the m2 models refuse both in one input). Texts sent to a
+  multimodal model go to the multimodal endpoint too, so texts and images share one vector space;
+- header `Authorization: Bearer <api key>`; at most 32 inputs and 8 MB per request;
+- answer `{"request_id", "latency", "usage": {"token_count": n}, "result": {"embeddings": [{"index", "embedding"}]}}`;
+  an error is an HTTP status with `{"request_id", "code", "message"}`.
+
+Not verified against the live service (no account here), so two choices are ours: images are sent
+as `data:<media type>;base64,...` URIs (the docs say "URL or Base64" without naming the form), and
+the model id is `aisearch:<service_id>` without host or workspace, since a built-in service id
+names one fixed model in every region, so cached vectors stay valid across endpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import numpy as np
+
+from lake_sync.config import AISearchConnection
+from lake_sync.embed.base import Embedder
+from lake_sync.embed.remote import (
+    RemoteCaller,
+    TransientError,
+    image_data_uri,
+    is_transient_status,
+    parse_retry_after,
+    vectors_from_items,
+)
+
+#: Output dimension of the documented built-in services, known without a call.
+KNOWN_DIMS = {
+    "ops-text-embedding-001": 1536,
+    "ops-text-embedding-zh-001": 768,
+    "ops-text-embedding-en-001": 768,
+    "ops-text-embedding-002": 1024,
+    "ops-gte-sentence-embedding-multilingual-base": 768,
+    "ops-qwen3-embedding-0.6b": 1024,
+    "ops-m2-encoder": 768,
+    "ops-m2-encoder-large": 1024,
+    "ops-gme-qwen2-vl-2b-instruct": 1536,
+}
+#: Services reached through the multimodal endpoint (texts and images).
+MULTIMODAL_SERVICES = frozenset({"ops-m2-encoder", "ops-m2-encoder-large", "ops-gme-qwen2-vl-2b-instruct"})
+#: Stored documents are embedded as documents; asymmetric models embed queries differently.
+DEFAULT_INPUT_TYPE = "document"
+_PROBE_TEXT = "dimension probe"
+
+
+class AISearchEmbedder(Embedder):
+    """`<connection>:<service_id>` on an `aisearch` connection, e.g. `aisearch:ops-text-embedding-002`."""
+
+    def __init__(self, name: str, *, connection: AISearchConnection, connection_name: str = "aisearch") -> None:
+        super().__init__()
+        self.service_id = name
+        self.connection_name = connection_name
+        self.model_id = f"aisearch:{name}"
+        self.batch_size = connection.batch_size
+        self.max_in_flight = connection.max_in_flight
+        self.embeds_images = name in MULTIMODAL_SERVICES
+        api_key = connection.api_key.get_secret_value()
+        self._caller = RemoteCaller(
+            self.model_id,
+            requests_per_second=connection.requests_per_second,
+            max_retries=connection.max_retries,
+            secrets=[api_key],
+        )
+        kind = "multi-modal-embedding" if self.embeds_images else "text-embedding"
+        # A host without a scheme gets https, so the key never travels in clear text by accident.
+        host = connection.host if "://" in connection.host else f"https://{connection.host}"
+        self._path = f"/v3/openapi/workspaces/{connection.workspace}/{kind}/{name}"
+        self._client = httpx2.Client(
+            base_url=host.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=connection.timeout,
+            limits=httpx2.Limits(max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight),
+        )
+        known = connection.dims.get(name) or KNOWN_DIMS.get(name)
+        self.dims = known if known is not None else self._probe_dims()
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent, retries included."""
+        return self._caller.requests
+
+    @property
+    def retries(self) -> int:
+        return self._caller.retries
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        if self.embeds_images:
+            return self._post([{"text": text} for text in texts], dims=self.dims)
+        return self._post(texts, dims=self.dims)
+
+    def _embed_images(self, images: list[bytes]) -> np.ndarray:
+        if not self.embeds_images:
+            return super()._embed_images(images)
+        return self._post([{"image": image_data_uri(image)} for image in images], dims=self.dims)
+
+    def _probe_dims(self) -> int:
+        probe: list[Any] = [{"text": _PROBE_TEXT}] if self.embeds_images else [_PROBE_TEXT]
+        vectors = self._post(probe, dims=None)
+        with self._counter_lock:
+            self.calls += 1
+        return int(vectors.shape[1])
+
+    def _post(self, inputs: list[Any], *, dims: int | None) -> np.ndarray:
+        body: dict[str, Any] = {"input": inputs}
+        if not self.embeds_images:
+            body["input_type"] = DEFAULT_INPUT_TYPE
+        answer = self._caller.call(lambda: self._send(body))
+        result = answer.get("result")
+        items = result.get("embeddings") if isinstance(result, dict) else None
+        if items is None:
+            raise self._caller.fail(f"answer has no result.embeddings{_platform_error(answer)}")
+        vectors = vectors_from_items(items, count=len(inputs), dims=dims, fail=self._caller.fail)
+        usage = answer.get("usage")
+        tokens = usage.get("token_count") if isinstance(usage, dict) else None
+        if isinstance(tokens, int) and not isinstance(tokens, bool):
+            self.count_tokens(tokens)
+        return vectors
+
+    def _send(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._client.post(self._path, json=body)
+        except httpx2.TimeoutException:
+            raise TransientError(f"no answer within {self._client.timeout.read} s") from None
+        except httpx2.TransportError as error:
+            raise TransientError(f"connection failed: {type(error).__name__}: {error}") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if response.status_code != 200:
+            reason = f"AI Search answered HTTP {response.status_code}{_platform_error(answer)}"
+            if is_transient_status(response.status_code):
+                raise TransientError(reason, retry_after=parse_retry_after(response.headers))
+            raise self._caller.fail(f"{reason} at {self._path}")
+        if not isinstance(answer, dict):
+            raise self._caller.fail(f"answer is not a JSON object: {response.text[:200]!r}")
+        return answer
+
+
+def _platform_error(answer: Any) -> str:
+    """` (code: message, request <id>)` from a platform error body, or nothing."""
+    if not isinstance(answer, dict) or not (answer.get("code") or answer.get("message")):
+        return ""
+    request = f", request {answer['request_id']}" if answer.get("request_id") else ""
+    return f" ({answer.get('code', '')}: {answer.get('message', '')}{request})"
