@@ -178,6 +178,16 @@ class BulkConfig(_Model):
     max_retries: int = Field(default=DEFAULT_BULK_RETRIES, ge=0)
 
 
+class ImagesConfig(_Model):
+    """How image column values (paths, s3:// / oss:// / http(s):// URIs, bytes) are fetched."""
+
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_in_flight: int = Field(default=8, ge=1)
+    timeout: float = Field(default=30.0, gt=0)
+    #: For s3:// and oss:// values: endpoint_url, aws_access_key_id, aws_secret_access_key, region_name, ...
+    s3: dict[str, SecretStr] = Field(default_factory=dict)
+
+
 class ErrorBudgetConfig(_Model):
     """How many dead-lettered documents a run tolerates before it fails (cursor unmoved)."""
 
@@ -198,6 +208,7 @@ class Task(_Model):
     schedule: ScheduleConfig = ScheduleConfig()
     bulk: BulkConfig = BulkConfig()
     errors: ErrorBudgetConfig = ErrorBudgetConfig()
+    images: ImagesConfig = ImagesConfig()
     read_batch_rows: int = Field(default=DEFAULT_READ_BATCH_ROWS, ge=1)
 
     @property

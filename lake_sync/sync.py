@@ -328,7 +328,13 @@ class _Run:
         """Fetches image column values (paths, URIs, bytes); created for tasks with image transforms only."""
         from lake_sync.embed.images import ImageFetcher
 
-        return ImageFetcher()
+        settings = self.task.images
+        return ImageFetcher(
+            max_bytes=settings.max_bytes,
+            max_in_flight=settings.max_in_flight,
+            timeout=settings.timeout,
+            s3_options={key: value.get_secret_value() for key, value in settings.s3.items()},
+        )
 
     def full(self, target: TargetState, cursor: SyncCursor | None, keep_old: bool) -> SyncResult:
         """Rebuild behind the alias (or in place for a concrete index), catch up, then swap."""
