@@ -27,9 +27,8 @@ import httpx2
 import numpy as np
 
 from lake_sync.config import AISearchConnection
-from lake_sync.embed.base import Embedder
 from lake_sync.embed.remote import (
-    RemoteCaller,
+    RemoteEmbedder,
     TransientError,
     image_data_uri,
     is_transient_status,
@@ -53,27 +52,17 @@ KNOWN_DIMS = {
 MULTIMODAL_SERVICES = frozenset({"ops-m2-encoder", "ops-m2-encoder-large", "ops-gme-qwen2-vl-2b-instruct"})
 #: Stored documents are embedded as documents; asymmetric models embed queries differently.
 DEFAULT_INPUT_TYPE = "document"
-_PROBE_TEXT = "dimension probe"
 
 
-class AISearchEmbedder(Embedder):
+class AISearchEmbedder(RemoteEmbedder):
     """`<connection>:<service_id>` on an `aisearch` connection, e.g. `aisearch:ops-text-embedding-002`."""
 
     def __init__(self, name: str, *, connection: AISearchConnection, connection_name: str = "aisearch") -> None:
-        super().__init__()
+        api_key = connection.api_key.get_secret_value()
+        super().__init__(f"aisearch:{name}", connection=connection, api_key=api_key)
         self.service_id = name
         self.connection_name = connection_name
-        self.model_id = f"aisearch:{name}"
-        self.batch_size = connection.batch_size
-        self.max_in_flight = connection.max_in_flight
         self.embeds_images = name in MULTIMODAL_SERVICES
-        api_key = connection.api_key.get_secret_value()
-        self._caller = RemoteCaller(
-            self.model_id,
-            requests_per_second=connection.requests_per_second,
-            max_retries=connection.max_retries,
-            secrets=[api_key],
-        )
         kind = "multi-modal-embedding" if self.embeds_images else "text-embedding"
         # A host without a scheme gets https, so the key never travels in clear text by accident.
         host = connection.host if "://" in connection.host else f"https://{connection.host}"
@@ -87,35 +76,18 @@ class AISearchEmbedder(Embedder):
         known = connection.dims.get(name) or KNOWN_DIMS.get(name)
         self.dims = known if known is not None else self._probe_dims()
 
-    @property
-    def requests(self) -> int:
-        """HTTP requests sent, retries included."""
-        return self._caller.requests
-
-    @property
-    def retries(self) -> int:
-        return self._caller.retries
-
     def close(self) -> None:
-        """Close the connection pool."""
         self._client.close()
 
-    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+    def _texts_request(self, texts: list[str], *, dims: int | None) -> np.ndarray:
         if self.embeds_images:
-            return self._post([{"text": text} for text in texts], dims=self.dims)
-        return self._post(texts, dims=self.dims)
+            return self._post([{"text": text} for text in texts], dims=dims)
+        return self._post(texts, dims=dims)
 
     def _embed_images(self, images: list[bytes]) -> np.ndarray:
         if not self.embeds_images:
             return super()._embed_images(images)
         return self._post([{"image": image_data_uri(image)} for image in images], dims=self.dims)
-
-    def _probe_dims(self) -> int:
-        probe: list[Any] = [{"text": _PROBE_TEXT}] if self.embeds_images else [_PROBE_TEXT]
-        vectors = self._post(probe, dims=None)
-        with self._counter_lock:
-            self.calls += 1
-        return int(vectors.shape[1])
 
     def _post(self, inputs: list[Any], *, dims: int | None) -> np.ndarray:
         body: dict[str, Any] = {"input": inputs}
@@ -128,9 +100,7 @@ class AISearchEmbedder(Embedder):
             raise self._caller.fail(f"answer has no result.embeddings{_platform_error(answer)}")
         vectors = vectors_from_items(items, count=len(inputs), dims=dims, fail=self._caller.fail)
         usage = answer.get("usage")
-        tokens = usage.get("token_count") if isinstance(usage, dict) else None
-        if isinstance(tokens, int) and not isinstance(tokens, bool):
-            self.count_tokens(tokens)
+        self._count_usage(usage.get("token_count") if isinstance(usage, dict) else None)
         return vectors
 
     def _send(self, body: dict[str, Any]) -> dict[str, Any]:

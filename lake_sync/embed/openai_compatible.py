@@ -24,9 +24,8 @@ import numpy as np
 import openai
 
 from lake_sync.config import OpenAIConnection
-from lake_sync.embed.base import Embedder
 from lake_sync.embed.remote import (
-    RemoteCaller,
+    RemoteEmbedder,
     TransientError,
     image_data_uri,
     is_transient_status,
@@ -37,50 +36,30 @@ from lake_sync.embed.remote import (
 # Sent when the connection has no key: the client insists on one, and falling back to its
 # OPENAI_API_KEY environment variable would hand a real key to whatever server base_url names.
 NO_API_KEY = "no-key"
-_PROBE_TEXT = "dimension probe"
 
 
-class OpenAIEmbedder(Embedder):
+class OpenAIEmbedder(RemoteEmbedder):
     """`<connection>:<model>` on an `openai` connection."""
 
     def __init__(self, name: str, *, connection: OpenAIConnection, connection_name: str = "openai") -> None:
-        super().__init__()
+        api_key = connection.api_key.get_secret_value() if connection.api_key else None
+        super().__init__(f"openai:{_host(connection.base_url)}/{name}", connection=connection, api_key=api_key)
         self.name = name
         self.connection_name = connection_name
-        self.model_id = f"openai:{_host(connection.base_url)}/{name}"
-        self.batch_size = connection.batch_size
-        self.max_in_flight = connection.max_in_flight
         self.image_input = connection.image_input
         self.embeds_images = connection.image_input is not None
         self.timeout = connection.timeout
-        api_key = connection.api_key.get_secret_value() if connection.api_key else None
-        self._caller = RemoteCaller(
-            self.model_id,
-            requests_per_second=connection.requests_per_second,
-            max_retries=connection.max_retries,
-            secrets=[api_key],
-        )
         self._client = openai.OpenAI(
             base_url=connection.base_url, api_key=api_key or NO_API_KEY, max_retries=0, timeout=connection.timeout
         )
         known = connection.dims.get(name)
         self.dims = known if known is not None else self._probe_dims()
 
-    @property
-    def requests(self) -> int:
-        """HTTP requests sent, retries included."""
-        return self._caller.requests
-
-    @property
-    def retries(self) -> int:
-        return self._caller.retries
-
     def close(self) -> None:
-        """Close the client's connection pool."""
         self._client.close()
 
-    def _embed_texts(self, texts: list[str]) -> np.ndarray:
-        return self._embed(texts, dims=self.dims)
+    def _texts_request(self, texts: list[str], *, dims: int | None) -> np.ndarray:
+        return self._embed(texts, dims=dims)
 
     def _embed_images(self, images: list[bytes]) -> np.ndarray:
         uris = [image_data_uri(image) for image in images]
@@ -90,21 +69,13 @@ class OpenAIEmbedder(Embedder):
             return self._embed(uris, dims=self.dims, extra_body={"modality": "image"})
         return super()._embed_images(images)
 
-    def _probe_dims(self) -> int:
-        vectors = self._embed([_PROBE_TEXT], dims=None)
-        with self._counter_lock:
-            self.calls += 1
-        return int(vectors.shape[1])
-
     def _embed(self, inputs: list[Any], *, dims: int | None, extra_body: dict[str, Any] | None = None) -> np.ndarray:
         answer = self._caller.call(lambda: self._send(inputs, extra_body))
         if "data" not in answer:
             raise self._caller.fail(f"answer has no 'data' list (keys: {sorted(answer)[:10]})")
         vectors = vectors_from_items(answer["data"], count=len(inputs), dims=dims, fail=self._caller.fail)
         usage = answer.get("usage")
-        tokens = usage.get("prompt_tokens", usage.get("total_tokens")) if isinstance(usage, dict) else None
-        if isinstance(tokens, int) and not isinstance(tokens, bool):
-            self.count_tokens(tokens)
+        self._count_usage(usage.get("prompt_tokens", usage.get("total_tokens")) if isinstance(usage, dict) else None)
         return vectors
 
     def _send(self, inputs: list[Any], extra_body: dict[str, Any] | None) -> dict[str, Any]:

@@ -17,14 +17,19 @@ import email.utils
 import logging
 import threading
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from lake_sync.embed.base import Embedder
 from lake_sync.errors import EmbedError
+
+if TYPE_CHECKING:
+    from lake_sync.config import AISearchConnection, OpenAIConnection
 
 T = TypeVar("T")
 
@@ -281,3 +286,56 @@ def _media_type(image: bytes) -> str:
     if image.startswith(b"BM"):
         return "image/bmp"
     return "application/octet-stream"
+
+
+PROBE_TEXT = "dimension probe"
+
+
+class RemoteEmbedder(Embedder):
+    """An embedder behind an HTTP API: one RemoteCaller (rate cap, retries, redaction) per model,
+    request counters, a dims probe and a connection pool to close."""
+
+    def __init__(
+        self, model_id: str, *, connection: OpenAIConnection | AISearchConnection, api_key: str | None
+    ) -> None:
+        super().__init__()
+        self.model_id = model_id
+        self.batch_size = connection.batch_size
+        self.max_in_flight = connection.max_in_flight
+        self._caller = RemoteCaller(
+            model_id,
+            requests_per_second=connection.requests_per_second,
+            max_retries=connection.max_retries,
+            secrets=[api_key],
+        )
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent, retries included."""
+        return self._caller.requests
+
+    @property
+    def retries(self) -> int:
+        return self._caller.retries
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection pool."""
+
+    @abstractmethod
+    def _texts_request(self, texts: list[str], *, dims: int | None) -> np.ndarray:
+        """One embeddings request for texts (through `self._caller`), checked against `dims` if known."""
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self._texts_request(texts, dims=self.dims)
+
+    def _probe_dims(self) -> int:
+        """One (counted) call to learn the vector size of a model nobody configured dims for."""
+        vectors = self._texts_request([PROBE_TEXT], dims=None)
+        with self._counter_lock:
+            self.calls += 1
+        return int(vectors.shape[1])
+
+    def _count_usage(self, tokens: Any) -> None:
+        if isinstance(tokens, int) and not isinstance(tokens, bool):
+            self.count_tokens(tokens)
