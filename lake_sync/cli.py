@@ -1,7 +1,8 @@
 """The `lake-sync` command line.
 
-`sync` is a run: it executes the task's Dagster job in-process, so it lands in the same run
-history as UI launches (with DAGSTER_HOME set). `search` is not a run: it calls the core.
+`sync` and `predict` are runs: they execute the task's Dagster job in-process, so they land in the
+same run history as UI launches (with DAGSTER_HOME set). `search` is not a run: it calls the core.
+`ingest` calls the core's `run_ingest` directly until batch ingest has a Dagster job.
 """
 
 from __future__ import annotations
@@ -49,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--keep-old-index", action="store_true", help="with --full: keep the replaced index")
     sync.set_defaults(run=_sync)
 
+    predict = commands.add_parser(
+        "predict",
+        help="embed a task's latest snapshot with the OpenAI Batch API, then ingest it (runs the offline job)",
+    )
+    predict.add_argument("task")
+    predict.add_argument("--staging", type=Path, help="where the job's files go (default <state_dir>/batch/<task>)")
+    predict.add_argument(
+        "--poll-seconds", type=float, default=None, help="longest wait between two batch status checks (default 60)"
+    )
+    predict.set_defaults(run=_predict)
+
     status = commands.add_parser("status", help="cursor, latest snapshot, lag and document count of a task")
     status.add_argument("task")
     status.set_defaults(run=_status)
@@ -60,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--hybrid", action="store_true", help="add BM25 over the text fields to the kNN scores")
     search.add_argument("-k", type=int, default=10, help="number of hits (default 10)")
     search.set_defaults(run=_search)
+
+    ingest = commands.add_parser(
+        "ingest", help="ingest batch-prediction output files into an index (an ML Commons _batch_ingestion body)"
+    )
+    ingest.add_argument("request", type=Path, help="request JSON: index_name, field_map, ingest_fields, data_source")
+    ingest.add_argument("--target", help="elasticsearch connection of the task file (default: its only one)")
+    # SUPPRESS: without the flag here, the top-level `--tasks` (before the command) stays in effect.
+    ingest.add_argument("--tasks", default=argparse.SUPPRESS, help="task file (as the top-level --tasks)")
+    ingest.set_defaults(run=_ingest)
 
     serve = commands.add_parser(
         "serve-models", help="serve embedding models over the OpenAI API (embeddings, files, batches), offline"
@@ -129,6 +150,71 @@ def _sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from lake_sync.batch.predict import offline_transforms
+    from lake_sync.config import load_task_file
+    from lake_sync.defs.definitions import build_defs
+    from lake_sync.defs.offline import PredictConfig, offline_job_name
+
+    task_file = load_task_file(args.tasks)
+    offline_transforms(task_file.task(args.task), task_file)
+    if args.poll_seconds is not None and args.poll_seconds <= 0:
+        raise ConfigError(f"--poll-seconds must be positive, got {args.poll_seconds:g}")
+    settings = {"staging": str(args.staging) if args.staging else None}
+    if args.poll_seconds is not None:
+        settings["poll_seconds"] = args.poll_seconds
+    with Progress(
+        TextColumn(f"[bold]{args.task}[/bold] {{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        phases = [bar.add_task("requests answered", total=None)]
+
+        def report(done: int, total: int | None) -> None:
+            # Predict reports answered requests until all are answered; every later call is the ingest's.
+            bar.update(phases[-1], completed=done, total=total)
+            if len(phases) == 1 and total is not None and done >= total:
+                phases.append(bar.add_task("documents written", total=None))
+
+        defs = build_defs(args.tasks, progress=report)
+        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+        run_config = dg.RunConfig(
+            ops={"batch_predict": PredictConfig(**settings)},
+            loggers={"console": {"config": {"log_level": "WARNING"}}},
+        )
+        job = defs.resolve_job_def(offline_job_name(args.task))
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    if not result.success:
+        errors.print(f"[red]predict failed:[/red] {_failure_message(result)}", markup=True, highlight=False)
+        return 1
+    _print_metadata(f"{args.task}: batch predict (run {result.run_id[:8]})", _output_metadata(result, "batch_predict"))
+    _print_metadata(f"{args.task}: batch ingest", _output_metadata(result, "batch_ingest"))
+    return 0
+
+
+def _output_metadata(result: Any, node: str) -> dict[str, Any]:
+    return {
+        key: value.value
+        for event in result.events_for_node(node)
+        if event.is_successful_output
+        for key, value in event.step_output_data.metadata.items()
+    }
+
+
+def _print_metadata(title: str, metadata: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")
+    for key, value in metadata.items():
+        table.add_row(key, f"{value:g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
 def _search(args: argparse.Namespace) -> int:
     from lake_sync.config import load_task_file
     from lake_sync.search import search
@@ -166,6 +252,98 @@ def _status(args: argparse.Namespace) -> int:
     table.add_row("documents", str(count_target_documents(task_file, args.task)) if lag.cursor else "-")
     console.print(table)
     return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import threading
+
+    import orjson
+    from rich.progress import DownloadColumn
+
+    from lake_sync.batch.ingest import IngestProgress, IngestResult, IngestState, run_ingest
+    from lake_sync.batch.request import parse_request
+    from lake_sync.config import ElasticsearchConnection, load_task_file
+    from lake_sync.index.client import build_client, check_cluster
+    from lake_sync.index.dead_letters import DeadLetterFile
+
+    try:
+        body = orjson.loads(args.request.read_bytes())
+    except OSError as error:
+        raise ConfigError(f"ingest: cannot read {args.request}: {error.strerror}") from None
+    except orjson.JSONDecodeError as error:
+        raise ConfigError(f"ingest: {args.request} is not valid JSON: {error}") from None
+    request = parse_request(body, source=str(args.request))
+    task_file = load_task_file(args.tasks)
+    request = request.with_connection(task_file)
+    targets = {name: c for name, c in task_file.connections.items() if isinstance(c, ElasticsearchConnection)}
+    if args.target is None and len(targets) != 1:
+        raise ConfigError(
+            f"ingest: the task file has elasticsearch connections {sorted(targets)}; pick one with --target"
+        )
+    name = args.target or next(iter(targets))
+    if name not in targets:
+        raise ConfigError(f"ingest --target: '{name}' is no elasticsearch connection; those are {sorted(targets)}")
+    client = build_client(targets[name])
+    check_cluster(client, targets[name])
+
+    cancel = threading.Event()
+    outcome: list[IngestResult | BaseException] = []
+    with (
+        DeadLetterFile(Path(task_file.state_dir) / "dead_letters" / f"ingest-{request.index_name}.jsonl") as letters,
+        Progress(
+            TextColumn(f"[bold]{request.index_name}[/bold] ingest"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar,
+    ):
+        shown = bar.add_task("bytes", total=None, counts="")
+
+        def show(progress: IngestProgress) -> None:
+            counts = (
+                f"{progress.lines_read:,} lines, {progress.documents_written:,} written, {progress.failed:,} failed"
+            )
+            bar.update(shown, completed=progress.bytes_read, total=progress.bytes_total, counts=counts)
+
+        def work() -> None:
+            try:
+                outcome.append(run_ingest(request, client=client, dead_letters=letters, progress=show, cancel=cancel))
+            except BaseException as error:  # noqa: BLE001 - re-raised on the main thread below
+                outcome.append(error)
+
+        # The ingest runs beside the main thread, so Ctrl-C can cancel it cleanly instead of killing it mid-bulk.
+        worker = threading.Thread(target=work, name="lake-sync-ingest")
+        worker.start()
+        while worker.is_alive():
+            try:
+                worker.join(0.2)
+            except KeyboardInterrupt:
+                cancel.set()
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    table = Table(title=f"{request.index_name}: ingest", show_header=False)
+    table.add_row("state", result.state.value)
+    table.add_row("lines read", f"{result.lines_read:,}")
+    table.add_row("documents written", f"{result.documents_written:,}")
+    table.add_row("failed", f"{result.failed:,}")
+    table.add_row("success rate", f"{result.success_rate:.2f} %")
+    table.add_row("orphan ids", _id_report(result.orphans.count, result.orphans.samples))
+    table.add_row("duplicate ids", _id_report(result.duplicates.count, result.duplicates.samples))
+    table.add_row("index created", "yes" if result.index_created else "no")
+    table.add_row("duration", f"{result.duration_s:.1f} s")
+    table.add_row("dead-letter file", str(result.dead_letter_file or "-"))
+    if result.error:
+        table.add_row("error", result.error)
+    console.print(table)
+    return {IngestState.FAILED: 1, IngestState.CANCELLED: 130}.get(result.state, 0)
+
+
+def _id_report(count: int, samples: tuple[str, ...]) -> str:
+    return f"{count:,}" + (f" (e.g. {'; '.join(samples[:3])})" if samples else "")
 
 
 def _serve_models(args: argparse.Namespace) -> int:

@@ -168,6 +168,9 @@ class Transform(_Model):
 
 
 class ScheduleConfig(_Model):
+    """The snapshot sensor: how often it polls, and whether the task has one at all."""
+
+    enabled: bool = True
     poll_seconds: int = Field(default=DEFAULT_POLL_SECONDS, ge=1)
 
 

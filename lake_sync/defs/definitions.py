@@ -9,20 +9,24 @@ import os
 
 import dagster as dg
 
-from lake_sync.config import Task, load_task_file, resolve_task_file_path
+from lake_sync.config import Task, TaskFile, load_task_file, resolve_task_file_path
 from lake_sync.defs.assets import build_task_assets
 from lake_sync.defs.jobs import build_sync_jobs
+from lake_sync.defs.offline import build_offline_jobs
 from lake_sync.defs.resources import TaskFileResource, progress_resource
 from lake_sync.defs.sensors import build_snapshot_sensor
 from lake_sync.sync import ProgressCallback
 
 
-def build_task_definitions(task: Task) -> dg.Definitions:
+def build_task_definitions(task: Task, task_file: TaskFile) -> dg.Definitions:
     """Everything Dagster knows about one task, without resources."""
     source, sync, check = build_task_assets(task)
     jobs = build_sync_jobs(task)
     return dg.Definitions(
-        assets=[source, sync], asset_checks=[check], jobs=jobs, sensors=[build_snapshot_sensor(task, jobs[0])]
+        assets=[source, sync],
+        asset_checks=[check],
+        jobs=[*jobs, *build_offline_jobs(task, task_file)],
+        sensors=[build_snapshot_sensor(task, jobs[0])] if task.schedule.enabled else [],
     )
 
 
@@ -34,7 +38,7 @@ def build_defs(
     task_file = load_task_file(path)
     resources = {"lake_sync": TaskFileResource(path=str(path)), "progress": progress_resource(progress)}
     return dg.Definitions.merge(
-        *(build_task_definitions(task) for task in task_file.tasks), dg.Definitions(resources=resources)
+        *(build_task_definitions(task, task_file) for task in task_file.tasks), dg.Definitions(resources=resources)
     )
 
 

@@ -13,7 +13,8 @@ from typing import IO, Any, Literal
 
 import orjson
 
-Stage = Literal["key", "image", "embed", "index"]
+# "line" and "join" are batch ingest's: an unusable input line, an id some joined sources lack.
+Stage = Literal["key", "image", "embed", "index", "line", "join"]
 
 
 @dataclass(frozen=True)

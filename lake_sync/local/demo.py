@@ -1,8 +1,10 @@
 """`make demo` and `make ui`: the main job on embedded defaults, end to end.
 
-local search server (noida-db, data in .demo/search) + sample Paimon table (.demo/warehouse)
-→ `lake-sync sync products --full` (the Dagster job, in-process) → a semantic query.
-With ES_URL set, that cluster is used and no local server is started.
+local search server (noida-db, data in .demo/search) + local model server + sample Paimon table
+(.demo/warehouse) → `lake-sync sync products --full` (the Dagster job, in-process) → a semantic
+query → a commit → `lake-sync sync products` (incremental) → `lake-sync predict products_offline`
+(batch predict → batch ingest) → online and offline results side by side.
+With ES_URL / MODEL_SERVER_URL set, those servers are used and no local one is started.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import socket
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from lake_sync import cli
 from lake_sync.local.catalogue import commit_changes, write_catalogue
 from lake_sync.local.dagster_dev import start_dagster_dev
+from lake_sync.local.model_server import running_model_server
 from lake_sync.local.search_server import start_search_server
 
 DEMO_DIR = Path(".demo")
@@ -27,6 +31,8 @@ DEMO_ROWS = 3000
 DEMO_PORT = 9200
 DEMO_QUERY = "waterproof hiking boots"
 UI_ADDRESS = ("127.0.0.1", 3000)
+MODEL_SERVER_PORT = 8000
+DEMO_MODELS = {"all-MiniLM-L6-v2": "local:all-MiniLM-L6-v2"}
 DEMO_UPDATE = {1: "Now with a waterproof Gore-Tex membrane and a lighter, recycled sole."}
 DEMO_DELETE = 2
 DEMO_ADDED = [
@@ -51,6 +57,13 @@ def main() -> int:
             server = stack.enter_context(start_search_server(DEMO_DIR / "search", port=port))
             os.environ["ES_URL"] = server.url
             console.print(f"local search server (noida-db) at {server.url}, data in {DEMO_DIR / 'search'}")
+        if not os.environ.get("MODEL_SERVER_URL"):
+            port = MODEL_SERVER_PORT if _port_is_free(MODEL_SERVER_PORT) else 0
+            models = stack.enter_context(
+                running_model_server(port=port, models=DEMO_MODELS, storage_dir=DEMO_DIR / "model-server")
+            )
+            os.environ["MODEL_SERVER_URL"] = models.base_url
+            console.print(f"local OpenAI-compatible model server at {models.base_url}")
         return _ui() if args.ui else _demo()
 
 
@@ -77,6 +90,10 @@ def _demo() -> int:
     _show_changes()
     if cli.main(["search", "products", DEMO_NEW_QUERY, "-k", "3"]) != 0:
         return 1
+    console.rule("6. offline path: batch predict → batch ingest, through the local OpenAI-compatible server")
+    if cli.main(["predict", "products_offline"]) != 0:
+        return 1
+    _compare_online_and_offline()
     console.rule("next")
     console.print("Open the Dagster UI on this demo with [bold]make ui[/bold] (http://127.0.0.1:3000).")
     return 0
@@ -94,6 +111,27 @@ def _show_changes() -> None:
         )
         shown = found["_source"]["description"] if found.meta.status == 200 else "[red]gone (deleted)[/red]"
         console.print(f"document {key}: {shown}")
+
+
+def _compare_online_and_offline() -> None:
+    from rich.table import Table
+
+    from lake_sync.config import load_task_file
+    from lake_sync.search import search
+
+    task_file = load_task_file()
+    online, offline = (search(task_file, name, DEMO_QUERY, k=5) for name in ("products", "products_offline"))
+    table = Table(title=f"{DEMO_QUERY!r}: online sync next to batch inference (same model)")
+    table.add_column("#", justify="right")
+    table.add_column("online (products)")
+    table.add_column("offline (products_offline)")
+    for rank, (left, right) in enumerate(zip(online, offline, strict=False), 1):
+        table.add_row(str(rank), _hit(left), _hit(right))
+    console.print(table)
+
+
+def _hit(hit: Any) -> str:
+    return f"{hit.id} {hit.document.get('title', '')} ({hit.score:.3f})"
 
 
 def _ui() -> int:
