@@ -32,9 +32,7 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: setup
-	$(BIN)/python bench/pipeline_overhead.py
-	$(BIN)/python bench/embedding_bound.py
-	$(BIN)/python bench/memory.py
+	for script in bench/[a-z]*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf .demo .lake_sync .dagster_home logs $(VENV)
