@@ -7,6 +7,7 @@ writes the sample catalogue with `write_catalogue`, and stops the server when do
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -36,7 +37,9 @@ def search_server() -> Iterator[str]:
     if os.environ.get("ES_URL"):
         yield os.environ["ES_URL"]
         return
-    with tempfile.TemporaryDirectory(prefix="bench-noida-") as data_dir:
+    # noida-db rewrites its whole data file every few seconds; in RAM that costs less and varies less.
+    parent = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="bench-noida-", dir=parent) as data_dir:
         server = start_search_server(Path(data_dir))
         try:
             yield server.url
@@ -77,9 +80,22 @@ def fresh_index(prefix: str = "bench") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def delete_index(es_url: str, index: str) -> None:
+def delete_index(es_url: str, name: str) -> None:
+    """Delete `name` and the physical indexes (`name-<n>`) a full sync put behind the alias `name`."""
     with Elasticsearch(es_url, request_timeout=300) as client:
-        client.options(ignore_status=404).indices.delete(index=index)
+        found = client.options(ignore_status=404).indices.get(index=f"{name}*", expand_wildcards="all")
+        for index in found.body if found.meta.status == 200 else ():
+            if index == name or re.fullmatch(rf"{re.escape(name)}-\d+", index):
+                client.indices.delete(index=index)
+
+
+def full_sync(task_file: TaskFile) -> Any:
+    """A full sync of the task; `run_sync(mode=FULL)` where it exists, else the older `run_full_sync`."""
+    from lake_sync import sync
+
+    if hasattr(sync, "run_sync"):
+        return sync.run_sync(task_file, TASK, mode=sync.SyncMode.FULL)
+    return sync.run_full_sync(task_file, TASK)  # type: ignore[attr-defined]
 
 
 def timed(run: Callable[[], Any]) -> float:

@@ -1,7 +1,8 @@
 """Pipeline overhead: lake-sync's full sync against plain bulk loading, with a zero-cost embedder.
 
 Measured, in docs/s over 50k rows of the sample catalogue, `description` embedded with `hash:384`:
-  lake-sync  `run_full_sync` end to end: Paimon read, conversion, `_id`, vectors, bulk, refresh, cursor.
+  lake-sync  a full sync end to end: Paimon read, conversion, `_id`, vectors (through its embedding
+             cache, empty at the start of each run), bulk, refresh, cursor, alias swap.
   helpers    (a) `elasticsearch.helpers.bulk` (default client serializer, chunks of 500) over the same
              documents, precomputed in memory with vectors as Python lists.
   raw        (b) the server's limit: the same NDJSON bodies, serialised before timing, 500 docs per
@@ -21,16 +22,26 @@ from typing import Any
 import numpy as np
 import orjson
 import urllib3
-from _common import TASK, build_task_file, delete_index, fresh_index, median_rate, search_server, timed, write_table
+from _common import (
+    TASK,
+    build_task_file,
+    delete_index,
+    fresh_index,
+    full_sync,
+    median_rate,
+    search_server,
+    timed,
+    write_table,
+)
 from elasticsearch import Elasticsearch, helpers
 
 from lake_sync.config import TaskFile
 from lake_sync.documents import batch_documents
 from lake_sync.source.paimon import open_table
-from lake_sync.sync import plan_sync, run_full_sync
+from lake_sync.sync import plan_sync
 
 ROWS = 50_000
-RUNS = 5
+RUNS = 7
 CHUNK = 500
 MODEL = "hash:384"
 
@@ -41,7 +52,7 @@ def precompute(task_file: TaskFile) -> tuple[dict[str, Any], list[Document]]:
     """The index mapping and every (id, body) lake-sync would send, vectors as numpy arrays."""
     task = task_file.task(TASK)
     table = open_table(task_file.source_connection(task).catalog_options(), task.source.database, task.source.table)
-    plan = plan_sync(task, table)
+    plan = plan_sync(task, table, task_file)
     (vector,) = plan.vectors
     snapshot = table.latest_snapshot()
     assert snapshot is not None
@@ -104,9 +115,10 @@ def main() -> None:
         def measure(name: str, index: str) -> float:
             """Seconds one run of `name` takes to load every document into the fresh `index`."""
             if name == "lake-sync":
-                task_file = build_task_file(warehouse, es_url, index, Path(tmp) / "state", model=MODEL)
+                # A state dir of its own: every run starts with an empty embedding cache.
+                task_file = build_task_file(warehouse, es_url, index, Path(tmp) / f"state-{index}", model=MODEL)
                 started = time.perf_counter()
-                result = run_full_sync(task_file, TASK)
+                result = full_sync(task_file)
                 seconds = time.perf_counter() - started
                 assert result.documents_indexed == ROWS and not result.dead_lettered
                 return seconds
@@ -129,9 +141,11 @@ def main() -> None:
 
         rates = {name: median_rate(name, ROWS, seconds) for name, seconds in times.items()}
         raw_name = max(("raw (b), sequential", "raw (b), 2 in flight"), key=rates.__getitem__)
-        print(f"raw baseline used: {raw_name}")
+        print(f"raw baseline used: {raw_name} (lake-sync sends 2 in flight, its default)")
         print(f"lake-sync / helpers (a): {rates['lake-sync'] / rates['helpers (a)']:.2f}x  (goal >= 1.5x)")
         print(f"lake-sync / raw (b):     {rates['lake-sync'] / rates[raw_name]:.2f}x  (goal >= 0.8x)")
+        for name in ("raw (b), sequential", "raw (b), 2 in flight"):
+            print(f"  lake-sync / {name}: {rates['lake-sync'] / rates[name]:.2f}x")
 
 
 if __name__ == "__main__":
