@@ -556,14 +556,14 @@ def _target_errors(index: str, doing: str) -> Iterator[None]:
 # --- hash partitions for the join ---------------------------------------------------------------
 
 
-@dataclass
-class _Slot:
+class _Slot(NamedTuple):
     """What one source said about one id: its last line (payload: fields, or a failure reason)."""
 
     number: int
     failed: bool
     payload: bytes
-    repeats: list[int] = field(default_factory=list)
+    #: Line numbers of earlier lines with this id in the same source (superseded: the last line wins).
+    repeats: tuple[int, ...] = ()
 
 
 class _Partitions:
@@ -600,7 +600,8 @@ class _Partitions:
                 _pack(document_id, source, number, failed, payload)
             )
             return
-        self._buffer.append((document_id, source, number, failed, payload))
+        # A copy: orjson's output keeps its over-allocated buffer (~5x a vector's JSON) while it is held.
+        self._buffer.append((document_id, source, number, failed, bytes(memoryview(payload))))
         self._buffered_bytes += len(document_id) + len(payload) + _RECORD_OVERHEAD
         if self._buffered_bytes > self.memory_bytes:
             self._start_spilling()
@@ -661,10 +662,8 @@ class _Partitions:
             if slots is None:
                 slots = groups[document_id] = [None] * self.sources
             previous = slots[source]
-            slot = _Slot(number, failed, payload)
-            if previous is not None:
-                slot.repeats = [*previous.repeats, previous.number] if previous.repeats else [previous.number]
-            slots[source] = slot
+            repeats = () if previous is None else (*previous.repeats, previous.number)
+            slots[source] = _Slot(number, failed, payload, repeats)
         return groups
 
 

@@ -204,7 +204,7 @@ class SourceReaders:
         import openai
 
         def describe(error: BaseException) -> str:
-            where = self._request.data_source.base_url or "api.openai.com"
+            where = str(self._client.base_url) if self._client is not None else "the OpenAI API"
             if isinstance(error, openai.NotFoundError):
                 return f"OpenAI file {location} does not exist at {where}"
             if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):

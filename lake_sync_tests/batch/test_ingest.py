@@ -206,7 +206,7 @@ def test_ingest_reads_each_batch_service_output_format_through_its_field_map(
 def test_join_writes_each_document_once_and_complete_and_reports_orphans_and_duplicates(
     ingest: Any, es: Elasticsearch, es_url: str, index_name: str, tmp_path: Path, dead_letters: Any
 ) -> None:
-    output, batch_input = qa_files(tmp_path, range(0, 30), input_ids=range(3, 33))
+    output, batch_input = qa_files(tmp_path, range(0, 30), input_ids=range(3, 45))
     with output.open("ab") as file:  # a re-sent line: the later one wins
         file.write(jsonl([openai_output("r7", [[0.5] * DIMS, [0.25] * DIMS])]))
 
@@ -214,21 +214,20 @@ def test_join_writes_each_document_once_and_complete_and_reports_orphans_and_dup
         result = ingest(file_request(index_name, [output, batch_input], QA_FIELD_MAP), client=Elasticsearch(proxy.url))
 
     assert result.state is IngestState.COMPLETED_WITH_ERROR
-    assert (result.lines_read, result.documents_written, result.failed) == (61, 27, 6)
-    assert result.orphans.count == 6 and result.missing_by_source == (3, 3)
-    assert len(result.orphans.samples) == 6 and any(
-        s.startswith("r31 (in source[1] line 29") for s in result.orphans.samples
-    )
-    assert result.duplicates.count == 1 and result.duplicates.samples == (
-        "r7 (source[0] lines 8, 31; the last line wins)",
-    )
+    assert (result.lines_read, result.documents_written, result.failed) == (73, 27, 18)
+    # r0-r2 lack an input line, r30-r44 an output line: all counted, 10 of them named.
+    assert result.orphans.count == 18 and result.missing_by_source == (15, 3)
+    assert len(result.orphans.samples) == 10
+    assert "r31 (in source[1] line 29; not in source[0])" in result.orphans.samples
+    assert result.duplicates.count == 1
+    assert result.duplicates.samples == ("r7 (source[0] lines 8, 31; the last line wins)",)
     sent = [orjson.loads(line) for body in proxy.log.bulk_bodies for line in body.splitlines()[0::2]]
     assert sorted(action["index"]["_id"] for action in sent) == sorted(f"r{i}" for i in range(3, 30))
     stored = documents(es, index_name)
     assert len(stored) == 27 and all(len(document) == 4 for document in stored.values())
     assert stored["r7"]["question_embedding"] == [0.5] * DIMS and stored["r7"]["question"] == "question 7"
     letters = dead_letters()
-    assert {letter["id"] for letter in letters} == {"r0", "r1", "r2", "r30", "r31", "r32"}
+    assert {letter["id"] for letter in letters} == {f"r{i}" for i in (*range(3), *range(30, 45))}
     assert {letter["stage"] for letter in letters} == {"join"}
     r0 = next(letter for letter in letters if letter["id"] == "r0")
     assert r0["reason"] == "id in source[0] line 1 but not in source[1]"
