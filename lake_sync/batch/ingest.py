@@ -21,6 +21,9 @@ Decisions, where ML Commons leaves them open or gets them wrong:
 - A missing index is created with a `dense_vector` (cosine) mapping for each field whose value in the
   first document is a list of numbers with a fraction, dims taken from that value; other fields are
   mapped dynamically. Vectors are checked against the index's dense_vector dims before sending.
+- Arrays (vectors) are copied as the model wrote them, the array's text in the line where that text is
+  unambiguous, into the bulk body (one source) or the join's records, instead of re-serialised floats:
+  exact, and cheaper.
 - Per-document success rate: documents written / (written + dead-lettered), in percent.
 - Cancel stops reading and sends no further bulk request; requests already in flight finish.
 """
@@ -63,6 +66,7 @@ DEFAULT_DEAD_LETTER_LINE_BYTES = 1 << 20
 _RECORD = struct.Struct("<IHBQI")
 # Per-record bookkeeping of a buffered partition entry (tuple, str, bytes objects), for the memory bound.
 _RECORD_OVERHEAD = 160
+_JSON_SPACE = (b" ", b"\t", b"\r", b"\n")
 
 
 class IngestState(StrEnum):
@@ -149,6 +153,8 @@ class _Document(NamedTuple):
     id: str
     body: dict[str, Any]
     origin: str
+    #: The line it came from, for copying vectors verbatim (one source only).
+    line: bytes | None = None
 
 
 @dataclass
@@ -196,6 +202,10 @@ class _Ingest:
         self.spill_partitions = 0
         self.max_partition_bytes = 0
         self._reported_at = 0.0
+        # Per source, the fields whose path ends in a key: candidates for copying a vector's text as it is.
+        self.vector_keys = [
+            [(path.field, key) for path in plan.fields if (key := _key_text(path)) is not None] for plan in self.plan
+        ]
 
     def run(self) -> IngestResult:
         started = time.perf_counter()
@@ -244,7 +254,7 @@ class _Ingest:
     def _single(self, readers: SourceReaders, size: int | None) -> Iterator[_Document]:
         plan = self.plan[0]
         seen: set[int] = set()
-        for number, line, location in self._lines(readers, plan, size):
+        for number, line, location, text in self._lines(readers, plan, size):
             document_id = self._id(plan, line, number, location) if plan.id_path else _line_id(plan.location, number)
             if document_id is None:
                 continue
@@ -257,7 +267,7 @@ class _Ingest:
                 if key in seen:
                     self._duplicate(document_id, f"source[0] line {number}", 1)
                 seen.add(key)
-            yield _Document(document_id, body, f"{location} line {number}")
+            yield _Document(document_id, body, f"{location} line {number}", text)
 
     # --- several sources: partition by id, then join partition by partition -------------------
 
@@ -270,7 +280,8 @@ class _Ingest:
             directory=self.spill_dir,
         ) as partitions:
             for plan, size in zip(self.plan, sizes, strict=True):
-                for number, line, location in self._lines(readers, plan, size):
+                keys = self.vector_keys[plan.position]
+                for number, line, location, text in self._lines(readers, plan, size):
                     document_id = self._id(plan, line, number, location)
                     if document_id is None:
                         continue
@@ -280,7 +291,8 @@ class _Ingest:
                             document_id, plan.position, number, True, f"{location} line {number}: {problem}".encode()
                         )
                     else:
-                        partitions.add(document_id, plan.position, number, False, orjson.dumps(body))
+                        payload = orjson.dumps(_verbatim_vectors(text, body, keys) if keys else body)
+                        partitions.add(document_id, plan.position, number, False, payload)
             for group in partitions.groups():
                 self._check_cancel()
                 for document_id, slots in group.items():
@@ -328,8 +340,8 @@ class _Ingest:
 
     def _lines(
         self, readers: SourceReaders, plan: SourcePlan, size: int | None
-    ) -> Iterator[tuple[int, dict[str, Any], str]]:
-        """(line number, parsed object, location) of each usable line; unusable lines are dead letters."""
+    ) -> Iterator[tuple[int, dict[str, Any], str, bytes]]:
+        """(line number, parsed object, location, bytes) of each usable line; unusable lines are dead letters."""
         reader = readers.open(plan.position, size)
         self.reading = reader
         location = f"source[{plan.position}] ({reader.location})"
@@ -353,7 +365,7 @@ class _Ingest:
                     reason = f"{location} line {line.number}: expected a JSON object, got {type(parsed).__name__}"
                     self._dead_letter("line", None, reason, line.data)
                     continue
-                yield line.number, parsed, location
+                yield line.number, parsed, location, line.data
         finally:
             self.counts.bytes_done += reader.bytes_read
             self.reading = None
@@ -382,7 +394,9 @@ class _Ingest:
                 self.counts.documents_written += 1
             else:
                 reason = f"index answered {outcome.status}: {outcome.reason or 'rejected'}"
-                self._dead_letter("index", outcome.action.id, reason, outcome.action.body, status=outcome.status)
+                # A round trip turns verbatim vectors (orjson.Fragment) back into values a dead letter can copy.
+                body = orjson.loads(orjson.dumps(outcome.action.body))
+                self._dead_letter("index", outcome.action.id, reason, body, status=outcome.status)
             self._progress()
 
     def _actions(self, documents: Iterator[_Document]) -> Iterator[IndexAction]:
@@ -395,7 +409,10 @@ class _Ingest:
                 continue
             # Checked after the document is taken, so a cancel sends nothing more, not even this chunk.
             self._check_cancel()
-            yield IndexAction("index", document.id, document.body)
+            body = document.body
+            if document.line is not None and self.vector_keys[0]:
+                body = _verbatim_vectors(document.line, body, self.vector_keys[0])
+            yield IndexAction("index", document.id, body)
 
     def _duplicate(self, document_id: str, where: str, superseded: int) -> None:
         self.counts.duplicates += superseded
@@ -453,6 +470,61 @@ def _map(fields: tuple[FieldPath, ...], line: dict[str, Any]) -> tuple[dict[str,
             return body, f"no value at {path.text} (field '{path.field}'){_line_error(line)}"
         body[path.field] = value
     return body, None
+
+
+def _key_text(path: FieldPath) -> bytes | None:
+    """The JSON text of the key a plain path ends with, if it has no escapes."""
+    if not path.steps or not isinstance(path.steps[-1], str):
+        return None
+    key = orjson.dumps(path.steps[-1])
+    return None if b"\\" in key else key
+
+
+def _verbatim_vectors(line: bytes, body: dict[str, Any], keys: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """`body` with its arrays replaced by their text in `line`, so vectors are never re-serialised.
+
+    Only where the text is unambiguous: a line without backslashes (no escape can hide a key or a
+    quote), the key exactly once in it as a key, and a flat array (no brackets, braces or strings in it)
+    right after it; that text is then the value itself. Everything else keeps the parsed value.
+    """
+    if line.find(b"\\") >= 0:
+        return body
+    copied: dict[str, Any] | None = None
+    for name, key in keys:
+        if type(body.get(name)) is list:
+            text = _array_text(line, key)
+            if text is not None:
+                copied = copied or dict(body)
+                copied[name] = orjson.Fragment(text)
+    return copied or body
+
+
+def _array_text(line: bytes, key: bytes) -> bytes | None:
+    """The text of the flat array after the only `key:` in `line`, or None."""
+    found = None
+    at = line.find(key)
+    while at >= 0:
+        colon = _skip_space(line, at + len(key))
+        if line[colon : colon + 1] == b":":
+            if found is not None:
+                return None
+            found = colon + 1
+        at = line.find(key, at + len(key))
+    if found is None:
+        return None
+    start = _skip_space(line, found)
+    end = line.find(b"]", start)
+    if line[start : start + 1] != b"[" or end < 0:
+        return None
+    if line.find(b"[", start + 1, end) >= 0 or line.find(b"{", start, end) >= 0 or line.find(b'"', start, end) >= 0:
+        return None
+    return line[start : end + 1]
+
+
+def _skip_space(line: bytes, at: int) -> int:
+    while line[at : at + 1] in _JSON_SPACE:
+        at += 1
+    return at
 
 
 def _line_error(line: dict[str, Any]) -> str:

@@ -15,10 +15,9 @@ import io
 import os
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from lake_sync.batch.request import IngestRequest, SourceType
@@ -33,9 +32,11 @@ _PLACEHOLDER_API_KEY = "unused"
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-@dataclass(frozen=True)
-class SourceLine:
-    """One non-blank line: its 1-based number in the file, and its bytes (None if it was too long)."""
+class SourceLine(NamedTuple):
+    """One non-blank line: its 1-based number in the file, and its bytes (None if it was too long).
+
+    A NamedTuple rather than a frozen dataclass: one is made per line, several times cheaper.
+    """
 
     number: int
     data: bytes | None

@@ -18,7 +18,7 @@ from elasticsearch import Elasticsearch
 from openai import OpenAI
 
 from lake_sync.batch import ingest as ingest_module
-from lake_sync.batch.ingest import IngestProgress, IngestState
+from lake_sync.batch.ingest import IngestProgress, IngestState, _verbatim_vectors
 from lake_sync.batch.request import parse_request
 from lake_sync.errors import ConfigError
 from lake_sync.index.mapping import vector_mapping
@@ -460,3 +460,50 @@ def test_ingest_cancelled_stops_reading_and_sends_nothing_more(
     assert sent <= 2
     es.indices.refresh(index=index_name)
     assert es.count(index=index_name)["count"] == 100 * sent
+
+
+# --- vectors copied verbatim ------------------------------------------------------------------------
+
+TRICKY_LINES = {
+    # OpenAI's shape: "embedding" is also a string value; only the key counts.
+    "openai": b'{"custom_id":"a","data":[{"object":"embedding","embedding":[0.5,-0.25,1e-3]}]}',
+    "spaced": b'{"custom_id": "b", "data": [{"embedding" : [0.5, -0.25, 0.001]}]}',
+    # The key twice (another one nested elsewhere): ambiguous, so the parsed value is used.
+    "twice": b'{"custom_id":"c","meta":{"embedding":[9,9,9]},"data":[{"embedding":[0.5,-0.25,0.001]}]}',
+    # A backslash could hide a key (\u0065mbedding) or a quote: the parsed value is used.
+    "escaped": b'{"custom_id":"d","note":"say \\"hi\\"","data":[{"embedding":[0.5,-0.25,0.001]}]}',
+    "nested": b'{"custom_id":"e","data":[{"embedding":[[0.5],[-0.25],[0.001]]}]}',
+}
+
+
+def test_verbatim_vectors_copy_only_unambiguous_arrays() -> None:
+    keys = [("embedding", b'"embedding"')]
+    copied = {
+        name: _verbatim_vectors(line, {"embedding": extract_value(line)}, keys)["embedding"]
+        for name, line in TRICKY_LINES.items()
+    }
+
+    assert {name for name, value in copied.items() if isinstance(value, orjson.Fragment)} == {"openai", "spaced"}
+    for name, line in TRICKY_LINES.items():
+        assert orjson.loads(orjson.dumps({"v": copied[name]}))["v"] == extract_value(line), name
+
+
+def extract_value(line: bytes) -> Any:
+    return orjson.loads(line)["data"][0]["embedding"]
+
+
+def test_ingest_stores_the_same_vectors_whether_copied_or_reserialised(
+    ingest: Any, es: Elasticsearch, index_name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b"\n".join(line for name, line in TRICKY_LINES.items() if name != "nested") + b"\n")
+
+    result = ingest(file_request(index_name, [path], {"v": "$.data[0].embedding", "_id": "$.custom_id"}))
+
+    assert result.documents_written == 4
+    assert {key: value["v"] for key, value in documents(es, index_name).items()} == {
+        "a": [0.5, -0.25, 0.001],
+        "b": [0.5, -0.25, 0.001],
+        "c": [0.5, -0.25, 0.001],
+        "d": [0.5, -0.25, 0.001],
+    }
