@@ -110,33 +110,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    import dagster as dg
 
     from lake_sync.defs.assets import SyncConfig, sync_op_name
     from lake_sync.defs.definitions import build_defs
     from lake_sync.defs.jobs import sync_job_name
 
     mode = "full" if args.full else "incremental"
-    with Progress(
-        TextColumn(f"[bold]{args.task}[/bold] {mode} sync"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with _progress_bar(f"[bold]{args.task}[/bold] {mode} sync") as bar:
         rows = bar.add_task("rows", total=None)
         defs = build_defs(args.tasks, progress=lambda done, total: bar.update(rows, completed=done, total=total))
         if not any(job.name == sync_job_name(args.task) for job in defs.jobs or []):
             raise ConfigError(f"no task named '{args.task}' in the task file")
-        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-        run_config = dg.RunConfig(
-            ops={sync_op_name(args.task): SyncConfig(mode=mode, keep_old_index=args.keep_old_index)},
-            # The progress bar and the summary replace Dagster's event log on the terminal.
-            loggers={"console": {"config": {"log_level": "WARNING"}}},
-        )
-        job = defs.resolve_job_def(sync_job_name(args.task))
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        ops = {sync_op_name(args.task): SyncConfig(mode=mode, keep_old_index=args.keep_old_index)}
+        result = _execute(defs, sync_job_name(args.task), ops)
     if not result.success:
         errors.print(f"[red]sync failed:[/red] {_failure_message(result)}", markup=True, highlight=False)
         return 1
@@ -151,7 +137,6 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import dagster as dg
 
     from lake_sync.batch.predict import offline_transforms
     from lake_sync.config import load_task_file
@@ -165,14 +150,7 @@ def _predict(args: argparse.Namespace) -> int:
     settings = {"staging": str(args.staging) if args.staging else None}
     if args.poll_seconds is not None:
         settings["poll_seconds"] = args.poll_seconds
-    with Progress(
-        TextColumn(f"[bold]{args.task}[/bold] {{task.description}}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with _progress_bar(f"[bold]{args.task}[/bold] {{task.description}}") as bar:
         phases = [bar.add_task("requests answered", total=None)]
 
         def report(done: int, total: int | None) -> None:
@@ -182,19 +160,31 @@ def _predict(args: argparse.Namespace) -> int:
                 phases.append(bar.add_task("documents written", total=None))
 
         defs = build_defs(args.tasks, progress=report)
-        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-        run_config = dg.RunConfig(
-            ops={"batch_predict": PredictConfig(**settings)},
-            loggers={"console": {"config": {"log_level": "WARNING"}}},
-        )
-        job = defs.resolve_job_def(offline_job_name(args.task))
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        result = _execute(defs, offline_job_name(args.task), {"batch_predict": PredictConfig(**settings)})
     if not result.success:
         errors.print(f"[red]predict failed:[/red] {_failure_message(result)}", markup=True, highlight=False)
         return 1
     _print_metadata(f"{args.task}: batch predict (run {result.run_id[:8]})", _output_metadata(result, "batch_predict"))
     _print_metadata(f"{args.task}: batch ingest", _output_metadata(result, "batch_ingest"))
     return 0
+
+
+def _progress_bar(title: str) -> Progress:
+    return Progress(
+        TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+    )
+
+
+def _execute(defs: Any, job_name: str, ops: dict[str, Any]) -> Any:
+    """Run a job in-process, in the DAGSTER_HOME instance when there is one (so it shows in the UI)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    # The progress bar and the summary replace Dagster's event log on the terminal.
+    run_config = dg.RunConfig(ops=ops, loggers={"console": {"config": {"log_level": "WARNING"}}})
+    return defs.resolve_job_def(job_name).execute_in_process(
+        run_config=run_config, instance=instance, raise_on_error=False
+    )
 
 
 def _output_metadata(result: Any, node: str) -> dict[str, Any]:
