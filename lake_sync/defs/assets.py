@@ -7,15 +7,14 @@ model into the index without being staged in between.
 
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import dagster as dg
 
 from lake_sync.config import Task
+from lake_sync.defs.failures import no_retry_on_bad_input
 from lake_sync.defs.resources import TaskFileResource
-from lake_sync.errors import ConfigError, MappingConflictError, SourceError
 from lake_sync.sync import (
     SyncMode,
     SyncResult,
@@ -102,7 +101,7 @@ def build_task_assets(task: Task) -> tuple[dg.SourceAsset, dg.AssetsDefinition, 
         progress: dg.ResourceParam[Any],
     ) -> Iterator[dg.MaterializeResult]:
         """Bring the index up to the table's latest snapshot: incremental by default, or a full resync."""
-        with _no_retry_on_bad_input():
+        with no_retry_on_bad_input():
             task_file = lake_sync.load()
             result = run_sync(
                 task_file,
@@ -151,15 +150,6 @@ def _progress(context: dg.AssetExecutionContext, callback: Any) -> Any:
             context.log.info(f"read {rows:,} of ~{total:,} rows")
 
     return report
-
-
-@contextmanager
-def _no_retry_on_bad_input() -> Iterator[None]:
-    """Bad configuration, a missing table or a mapping conflict will not fix itself: fail without retries."""
-    try:
-        yield
-    except (ConfigError, SourceError, MappingConflictError) as error:
-        raise dg.Failure(description=str(error), allow_retries=False) from error
 
 
 def _embedded_metadata(result: SyncResult) -> dict[str, Any]:

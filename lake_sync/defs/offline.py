@@ -8,8 +8,6 @@ a retried predict resumes the job from its manifest, a re-run ingest rewrites th
 """
 
 # No `from __future__ import annotations`: Dagster reads the ops' config and resource types at definition time.
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,9 @@ from lake_sync.batch.predict import (
     supports_offline_inference,
 )
 from lake_sync.config import Task, TaskFile
+from lake_sync.defs.failures import no_retry_on_bad_input
 from lake_sync.defs.jobs import INDEX_TAG, TASK_TAG
 from lake_sync.defs.resources import TaskFileResource
-from lake_sync.errors import ConfigError, MappingConflictError, SourceError
 
 #: `dagster.yaml` caps runs carrying this tag, so offline jobs beyond the cap wait in the queue.
 INGEST_TAG = "lake_sync/ingest"
@@ -53,7 +51,7 @@ def batch_predict(
     context: dg.OpExecutionContext, config: PredictConfig, lake_sync: TaskFileResource, progress: dg.ResourceParam[Any]
 ) -> dg.Output[str]:
     """Embed the latest snapshot's texts with the OpenAI Batch API; a retry resumes the submitted batches."""
-    with _no_retry_on_bad_input():
+    with no_retry_on_bad_input():
         manifest = run_predict(
             lake_sync.load(),
             context.run.tags[TASK_TAG],
@@ -88,7 +86,7 @@ def batch_ingest(
     context: dg.OpExecutionContext, lake_sync: TaskFileResource, progress: dg.ResourceParam[Any], manifest: str
 ) -> dg.Output[int]:
     """Join the batches' outputs, inputs and documents on custom_id and write them into the task's index."""
-    with _no_retry_on_bad_input():
+    with no_retry_on_bad_input():
         summary = ingest_predictions(lake_sync.load(), manifest, progress=progress, log=context.log.info)
     return dg.Output(
         summary.documents_written,
@@ -126,12 +124,3 @@ def build_offline_jobs(task: Task, task_file: TaskFile) -> list[dg.JobDefinition
             executor_def=dg.in_process_executor,
         )
     ]
-
-
-@contextmanager
-def _no_retry_on_bad_input() -> Iterator[None]:
-    """Bad configuration, a missing table or a mapping conflict will not fix itself: fail without retries."""
-    try:
-        yield
-    except (ConfigError, SourceError, MappingConflictError) as error:
-        raise dg.Failure(description=str(error), allow_retries=False) from error
