@@ -48,7 +48,7 @@ def search(
         raise ConfigError(f"task '{task.name}': transforms: no vector field's model embeds {wanted} queries")
     knn = []
     for field, embedder in fields:
-        vector = embedder.embed_images([image]) if image is not None else embedder.embed_texts([text or ""])
+        vector = embedder.embed_images([image]) if image is not None else embedder.embed_queries([text or ""])
         candidates = max(MIN_CANDIDATES, k * CANDIDATES_PER_HIT)
         knn.append({"field": field, "query_vector": vector[0].tolist(), "k": k, "num_candidates": candidates})
     connection = task_file.target_connection(task)

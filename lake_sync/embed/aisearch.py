@@ -50,8 +50,9 @@ KNOWN_DIMS = {
 }
 #: Services reached through the multimodal endpoint (texts and images).
 MULTIMODAL_SERVICES = frozenset({"ops-m2-encoder", "ops-m2-encoder-large", "ops-gme-qwen2-vl-2b-instruct"})
-#: Stored documents are embedded as documents; asymmetric models embed queries differently.
-DEFAULT_INPUT_TYPE = "document"
+#: `input_type` of the text services: stored documents and search queries are embedded differently.
+DOCUMENT_INPUT_TYPE = "document"
+QUERY_INPUT_TYPE = "query"
 
 
 class AISearchEmbedder(RemoteEmbedder):
@@ -84,15 +85,20 @@ class AISearchEmbedder(RemoteEmbedder):
             return self._post([{"text": text} for text in texts], dims=dims)
         return self._post(texts, dims=dims)
 
+    def _embed_queries(self, texts: list[str]) -> np.ndarray:
+        if self.embeds_images:
+            return self._texts_request(texts, dims=self.dims)
+        return self._post(texts, dims=self.dims, input_type=QUERY_INPUT_TYPE)
+
     def _embed_images(self, images: list[bytes]) -> np.ndarray:
         if not self.embeds_images:
             return super()._embed_images(images)
         return self._post([{"image": image_data_uri(image)} for image in images], dims=self.dims)
 
-    def _post(self, inputs: list[Any], *, dims: int | None) -> np.ndarray:
+    def _post(self, inputs: list[Any], *, dims: int | None, input_type: str = DOCUMENT_INPUT_TYPE) -> np.ndarray:
         body: dict[str, Any] = {"input": inputs}
         if not self.embeds_images:
-            body["input_type"] = DEFAULT_INPUT_TYPE
+            body["input_type"] = input_type
         answer = self._caller.call(lambda: self._send(body))
         result = answer.get("result")
         items = result.get("embeddings") if isinstance(result, dict) else None

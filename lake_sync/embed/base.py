@@ -59,6 +59,14 @@ class Embedder(ABC):
         """Embed any number of encoded images in model-sized batches."""
         return self._run(list(images), self._embed_images)
 
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed search queries: asymmetric models embed a query differently from a stored document."""
+        return self._run(list(texts), self._embed_queries)
+
+    def _embed_queries(self, texts: list[str]) -> np.ndarray:
+        """Embed one batch of queries; symmetric models embed them as texts."""
+        return self._embed_texts(texts)
+
     def count_tokens(self, tokens: int) -> None:
         """Providers that learn token usage from their API report it here."""
         with self._counter_lock:

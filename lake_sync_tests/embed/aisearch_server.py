@@ -59,6 +59,7 @@ class RequestRecord:
     finished: float = 0.0
     status: int = 0
     inputs: list[Any] = field(default_factory=list)
+    input_type: str | None = None
 
 
 @dataclass
@@ -162,6 +163,7 @@ class AISearchServer:
             return 400, {}, _error(request_id, "InvalidParameter", "body is not JSON")
         inputs = request.get("input") if isinstance(request, dict) else None
         record.inputs = inputs if isinstance(inputs, list) else []
+        record.input_type = request.get("input_type") if isinstance(request, dict) else None
         problem = self._input_problem(inputs, multimodal=service in MULTIMODAL, request=request)
         if problem:
             return 400, {}, _error(request_id, "InvalidParameter", problem)

@@ -56,6 +56,28 @@ def test_aisearch_embeds_texts_in_batches_of_32_in_input_order() -> None:
     assert (embedder.calls, embedder.inputs) == (4, 100)
 
 
+def test_aisearch_sends_documents_as_document_and_search_queries_as_query_input_type() -> None:
+    with AISearchServer(api_key=API_KEY) as server, embedder_for(server, requests_per_second=None) as embedder:
+        embedder.embed_texts(texts(3))
+        query = embedder.embed_queries(["waterproof boots"])
+
+    assert [record.input_type for record in server.log.requests] == ["document", "query"]
+    assert query.shape == (1, 1024)
+    assert (embedder.calls, embedder.inputs) == (2, 4)
+
+
+def test_aisearch_multimodal_service_embeds_queries_through_the_multimodal_endpoint_without_input_type() -> None:
+    with (
+        AISearchServer(api_key=API_KEY) as server,
+        embedder_for(server, "ops-m2-encoder", requests_per_second=None) as embedder,
+    ):
+        embedder.embed_queries(["red shoes"])
+
+    (record,) = server.log.requests
+    assert record.path.endswith("/multi-modal-embedding/ops-m2-encoder")
+    assert record.inputs == [{"text": "red shoes"}] and record.input_type is None
+
+
 def test_aisearch_counts_the_token_usage_the_platform_reports() -> None:
     with AISearchServer(api_key=API_KEY) as server, embedder_for(server, requests_per_second=None) as embedder:
         embedder.embed_texts(texts(40))
