@@ -7,11 +7,11 @@ Measured, in images/s over N JPEG files in a temporary folder (the model loaded 
   fetch ‖ embed     the same, with the next batch's fetch running while the current batch is embedded.
   full sync         `run_sync` (full) of a Paimon table holding the paths, into the local search server, with
                     an empty embedding cache each round: read, fetch, embed, bulk, cursor, alias swap.
-3 rounds of each, the order rotating from round to round. Goal: full sync >= 0.85x the model alone (medians).
+5 rounds of each, the order rotating from round to round. Goal: full sync >= 0.85x the model alone (medians).
 The model is a tiny random CLIP unless `--model PATH` names a local CLIP / SigLIP folder; a real CLIP is
 about 10x slower per image, so fetching weighs less there.
 
-    .venv/bin/python bench/local_images.py [--images 256] [--model PATH] [--size 640x480] [--batch-rows 128]
+    .venv/bin/python bench/local_images.py [--images 1024] [--model PATH] [--size 640x480] [--batch-rows 128]
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from lake_sync.embed.images import ImageFetcher, ImageResult
 from lake_sync.sync import SyncMode, run_sync
 from lake_sync_tests.embed.conftest import write_tiny_clip
 
-DEFAULT_IMAGES = 256
+# Enough batches of rows for the sync's pipeline (fetching a batch ahead) to reach its steady state.
+DEFAULT_IMAGES = 1024
 DEFAULT_SIZE = "640x480"
 DEFAULT_BATCH_ROWS = 128
-RUNS = 3
+RUNS = 5
 GOAL = 0.85
 
 
