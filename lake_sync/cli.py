@@ -1,8 +1,7 @@
 """The `lake-sync` command line.
 
-`sync` and `predict` are runs: they execute the task's Dagster job in-process, so they land in the
+`sync`, `predict` and `ingest` are runs: they execute a Dagster job in-process, so they land in the
 same run history as UI launches (with DAGSTER_HOME set). `search` is not a run: it calls the core.
-`ingest` calls the core's `run_ingest` directly until batch ingest has a Dagster job.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +128,7 @@ def _sync(args: argparse.Namespace) -> int:
     metadata = {
         key: value.value
         for event in result.get_asset_materialization_events()
-        if event.asset_key and event.asset_key.path[-1] == "search_index"
+        if event.asset_key and event.asset_key.path[-1] in ("embedded_batches", "search_index")
         for key, value in event.materialization.metadata.items()
     }
     _print_summary(args.task, result.run_id, metadata)
@@ -175,15 +174,29 @@ def _progress_bar(title: str) -> Progress:
     )
 
 
-def _execute(defs: Any, job_name: str, ops: dict[str, Any]) -> Any:
-    """Run a job in-process, in the DAGSTER_HOME instance when there is one (so it shows in the UI)."""
+def _instance() -> Any:
+    """The DAGSTER_HOME instance when there is one (so runs show in the UI), else an ephemeral one."""
     import dagster as dg
 
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
+def _execute(
+    defs: Any,
+    job_name: str,
+    ops: dict[str, Any],
+    *,
+    instance: Any = None,
+    run_id: str | None = None,
+    log_level: str = "WARNING",
+) -> Any:
+    """Run a job in-process, in `instance` (default: `_instance()`)."""
+    import dagster as dg
+
     # The progress bar and the summary replace Dagster's event log on the terminal.
-    run_config = dg.RunConfig(ops=ops, loggers={"console": {"config": {"log_level": "WARNING"}}})
+    run_config = dg.RunConfig(ops=ops, loggers={"console": {"config": {"log_level": log_level}}})
     return defs.resolve_job_def(job_name).execute_in_process(
-        run_config=run_config, instance=instance, raise_on_error=False
+        run_config=run_config, instance=instance or _instance(), run_id=run_id, raise_on_error=False
     )
 
 
@@ -218,11 +231,15 @@ def _search(args: argparse.Namespace) -> int:
     table.add_column("score", justify="right")
     table.add_column("_id")
     table.add_column("document")
+    chunked = any(hit.chunks for hit in hits)
+    if chunked:
+        table.add_column("best chunk")
     for rank, hit in enumerate(hits, 1):
         # Short fields first, so names and prices stay visible beside long descriptions.
         fields = sorted(hit.document.items(), key=lambda item: len(str(item[1])))
         shown = ", ".join(f"{key}={value}" for key, value in fields)
-        table.add_row(str(rank), f"{hit.score:.3f}", hit.id, shown[:160])
+        best = "\n".join(f"{name} #{c.position} ({c.score:.3f}): {c.text}" for name, c in hit.chunks.items())
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.id, shown[:160], *([best[:400]] if chunked else []))
     console.print(table)
     return 0
 
@@ -245,16 +262,18 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    import signal
     import threading
+    import uuid
 
     import orjson
     from rich.progress import DownloadColumn
 
-    from lake_sync.batch.ingest import IngestProgress, IngestResult, IngestState, run_ingest
-    from lake_sync.batch.request import parse_request
-    from lake_sync.config import ElasticsearchConnection, load_task_file
-    from lake_sync.index.client import build_client, check_cluster
-    from lake_sync.index.dead_letters import DeadLetterFile
+    from lake_sync.batch.ingest import IngestProgress
+    from lake_sync.batch.target import resolve_ingest
+    from lake_sync.config import load_task_file
+    from lake_sync.defs.definitions import build_defs
+    from lake_sync.defs.ingest import INGEST_JOB, INGEST_OP, IngestControl, IngestRequestConfig, ingest_slot
 
     try:
         body = orjson.loads(args.request.read_bytes())
@@ -262,77 +281,126 @@ def _ingest(args: argparse.Namespace) -> int:
         raise ConfigError(f"ingest: cannot read {args.request}: {error.strerror}") from None
     except orjson.JSONDecodeError as error:
         raise ConfigError(f"ingest: {args.request} is not valid JSON: {error}") from None
-    request = parse_request(body, source=str(args.request))
-    task_file = load_task_file(args.tasks)
-    request = request.with_connection(task_file)
-    targets = {name: c for name, c in task_file.connections.items() if isinstance(c, ElasticsearchConnection)}
-    if args.target is None and len(targets) != 1:
-        raise ConfigError(
-            f"ingest: the task file has elasticsearch connections {sorted(targets)}; pick one with --target"
-        )
-    name = args.target or next(iter(targets))
-    if name not in targets:
-        raise ConfigError(f"ingest --target: '{name}' is no elasticsearch connection; those are {sorted(targets)}")
-    client = build_client(targets[name])
-    check_cluster(client, targets[name])
-
+    # The run resolves the body again; resolving here first fails a bad body or target before any run.
+    resolved = resolve_ingest(body, load_task_file(args.tasks), target=args.target, source=str(args.request))
+    index_name = resolved.request.index_name
     cancel = threading.Event()
-    outcome: list[IngestResult | BaseException] = []
-    with (
-        DeadLetterFile(Path(task_file.state_dir) / "dead_letters" / f"ingest-{request.index_name}.jsonl") as letters,
-        Progress(
-            TextColumn(f"[bold]{request.index_name}[/bold] ingest"),
-            BarColumn(),
-            DownloadColumn(),
-            TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar,
-    ):
-        shown = bar.add_task("bytes", total=None, counts="")
+    # SIGTERM (timeout, CI, systemd) as Ctrl-C: leave the queue, or cancel the run, cleanly.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with Progress(
+        TextColumn(f"[bold]{index_name}[/bold] ingest"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        shown = bar.add_task("bytes", total=None, counts="", start=False)
 
         def show(progress: IngestProgress) -> None:
             counts = (
                 f"{progress.lines_read:,} lines, {progress.documents_written:,} written, {progress.failed:,} failed"
             )
+            bar.start_task(shown)
             bar.update(shown, completed=progress.bytes_read, total=progress.bytes_total, counts=counts)
 
-        def work() -> None:
-            try:
-                outcome.append(run_ingest(request, client=client, dead_letters=letters, progress=show, cancel=cancel))
-            except BaseException as error:  # noqa: BLE001 - re-raised on the main thread below
-                outcome.append(error)
+        # The credential stays in memory: the run config is stored with the run and shown in the UI.
+        control = IngestControl(progress=show, cancel=cancel, credential=body.get("credential"))
+        config = IngestRequestConfig(
+            request={key: value for key, value in body.items() if key != "credential"}, target=args.target
+        )
+        defs = build_defs(args.tasks, ingest_control=control)
+        # Known before the run exists: the slot is claimed under it while queued.
+        instance, run_id = _instance(), str(uuid.uuid4())
 
-        # The ingest runs beside the main thread, so Ctrl-C can cancel it cleanly instead of killing it mid-bulk.
-        worker = threading.Thread(target=work, name="lake-sync-ingest")
-        worker.start()
-        while worker.is_alive():
-            try:
-                worker.join(0.2)
-            except KeyboardInterrupt:
-                cancel.set()
-    result = outcome[0]
-    if isinstance(result, BaseException):
-        raise result
-    table = Table(title=f"{request.index_name}: ingest", show_header=False)
-    table.add_row("state", result.state.value)
-    table.add_row("lines read", f"{result.lines_read:,}")
-    table.add_row("documents written", f"{result.documents_written:,}")
-    table.add_row("failed", f"{result.failed:,}")
-    table.add_row("success rate", f"{result.success_rate:.2f} %")
-    table.add_row("orphan ids", _id_report(result.orphans.count, result.orphans.samples))
-    table.add_row("duplicate ids", _id_report(result.duplicates.count, result.duplicates.samples))
-    table.add_row("index created", "yes" if result.index_created else "no")
-    table.add_row("duration", f"{result.duration_s:.1f} s")
-    table.add_row("dead-letter file", str(result.dead_letter_file or "-"))
-    if result.error:
-        table.add_row("error", result.error)
+        def stop() -> None:
+            cancel.set()
+            run = instance.get_run_by_id(run_id)
+            if run is not None and not run.is_finished:
+                # The op then ends CANCELLED and fails, and a run marked canceling ends CANCELED.
+                instance.report_run_canceling(run, message="Ctrl-C at the terminal")
+
+        try:
+            with ingest_slot(instance, run_id, on_queued=_show_queued):
+                # The summary (and the run history) report failures: no Dagster error log on the terminal.
+                result = _interruptible(
+                    lambda: _execute(
+                        defs, INGEST_JOB, {INGEST_OP: config}, instance=instance, run_id=run_id, log_level="CRITICAL"
+                    ),
+                    stop,
+                )
+        except KeyboardInterrupt:
+            errors.print("cancelled while queued: nothing was ingested", highlight=False)
+            return 130
+    return _ingest_summary(index_name, result)
+
+
+def _interruptible(run: Callable[[], Any], on_interrupt: Callable[[], None]) -> Any:
+    """`run()` beside the main thread, so Ctrl-C calls `on_interrupt` (a clean cancel) instead of killing it."""
+    import threading
+
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome.append(run())
+        except BaseException as error:  # noqa: BLE001 - re-raised on the main thread below
+            outcome.append(error)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=work, name="lake-sync-run")
+    worker.start()
+    # Wait on an Event, not Thread.join: a join interrupted by Ctrl-C can report a live thread as ended.
+    while not done.is_set():
+        try:
+            done.wait(0.2)
+        except KeyboardInterrupt:
+            on_interrupt()
+    worker.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _show_queued(usage: Any) -> None:
+    running = f"{len(usage.holders)} ingest{'' if len(usage.holders) == 1 else 's'} running"
+    if usage.holders:
+        running += f" (run {', '.join(run_id[:8] for run_id in usage.holders)})"
+    console.print(f"queued: {running}, waiting for a slot in pool {usage.pool} (limit {usage.limit})", highlight=False)
+
+
+def _ingest_summary(index_name: str, result: Any) -> int:
+    """Print the ingest's accounting from the run's metadata; exit 1 if it failed, 130 if cancelled."""
+    from lake_sync.defs.ingest import INGEST_OP
+
+    metadata = _output_metadata(result, INGEST_OP)
+    for event in result.events_for_node(INGEST_OP):
+        if event.is_step_failure and event.step_failure_data.user_failure_data is not None:
+            metadata = {key: value.value for key, value in event.step_failure_data.user_failure_data.metadata.items()}
+    if "state" not in metadata:
+        errors.print(f"[red]ingest failed:[/red] {_failure_message(result)}", markup=True, highlight=False)
+        return 1
+    table = Table(title=f"{index_name}: ingest (run {result.run_id[:8]})", show_header=False)
+    table.add_row("state", metadata["state"])
+    table.add_row("lines read", f"{metadata['lines_read']:,}")
+    table.add_row("documents written", f"{metadata['documents_written']:,}")
+    table.add_row("failed", f"{metadata['dead_lettered']:,}")
+    table.add_row("success rate", f"{metadata['success_rate']:.2f} %")
+    table.add_row("orphan ids", _id_report(metadata["orphan_ids"], metadata["orphan_samples"]))
+    table.add_row("duplicate ids", _id_report(metadata["duplicate_ids"], metadata["duplicate_samples"]))
+    table.add_row("index created", "yes" if metadata["index_created"] else "no")
+    table.add_row("duration", f"{metadata['duration_s']:.1f} s")
+    table.add_row("dead-letter file", str(metadata.get("dead_letter_file", "-")))
+    if "error" in metadata:
+        table.add_row("error", metadata["error"])
     console.print(table)
-    return {IngestState.FAILED: 1, IngestState.CANCELLED: 130}.get(result.state, 0)
+    return {"FAILED": 1, "CANCELLED": 130}.get(metadata["state"], 0)
 
 
-def _id_report(count: int, samples: tuple[str, ...]) -> str:
+def _id_report(count: int, samples: list[str]) -> str:
     return f"{count:,}" + (f" (e.g. {'; '.join(samples[:3])})" if samples else "")
 
 
@@ -393,6 +461,7 @@ def _print_summary(task: str, run_id: str, metadata: dict[str, Any]) -> None:
         "documents_indexed",
         "documents_deleted",
         "dead_lettered",
+        "inputs_truncated",
         "dagster/row_count",
         "duration_s",
         "dead_letter_file",

@@ -11,7 +11,11 @@ It forwards every request unchanged except where a fault is configured:
 - `require_basic_auth`: answer 401 unless the request carries these credentials;
 - `bulk_delay`: hold every `_bulk` request this long, to observe requests in flight;
 - `go_dark_at_bulk`: from the Nth `_bulk` request on, drop every connection without answering,
-  as a cluster that went away mid-run would.
+  as a cluster that went away mid-run would;
+- `cut_bodies`: for the first N GET responses longer than `cut_after_bytes`, send the headers (with the
+  full Content-Length) and only `cut_after_bytes` of the body, then drop the connection, as a network
+  that failed mid-download would; `on_cut` runs after the partial body is sent, before the drop.
+It forwards any HTTP API, so it also stands in front of a local S3 server.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import base64
 import http.client
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -45,6 +50,9 @@ class ProxyLog:
     in_flight: int = 0
     max_in_flight: int = 0
     paths: list[str] = field(default_factory=list)
+    #: Each request's headers, in the order of `paths`.
+    headers: list[dict[str, str]] = field(default_factory=list)
+    cuts: int = 0
 
 
 class FaultProxy:
@@ -61,6 +69,9 @@ class FaultProxy:
         require_basic_auth: tuple[str, str] | None = None,
         bulk_delay: float = 0.0,
         go_dark_at_bulk: int = 0,
+        cut_bodies: int = 0,
+        cut_after_bytes: int = 1024,
+        on_cut: Callable[[], None] | None = None,
     ) -> None:
         target = urlsplit(upstream)
         self.upstream_host = target.hostname or "127.0.0.1"
@@ -76,6 +87,9 @@ class FaultProxy:
         )
         self.bulk_delay = bulk_delay
         self.go_dark_at_bulk = go_dark_at_bulk
+        self.cut_bodies = cut_bodies
+        self.cut_after_bytes = cut_after_bytes
+        self.on_cut = on_cut
         self.dark = False
         self.log = ProxyLog()
         self._lock = threading.Lock()
@@ -110,6 +124,7 @@ class FaultProxy:
         is_bulk = urlsplit(path).path.rstrip("/").endswith("/_bulk")
         with self._lock:
             self.log.paths.append(f"{method} {path}")
+            self.log.headers.append(dict(headers))
             if is_bulk and self.go_dark_at_bulk and self.log.bulk_requests + 1 >= self.go_dark_at_bulk:
                 self.dark = True
             if self.dark:
@@ -129,9 +144,20 @@ class FaultProxy:
             response = connection.getresponse()
             data = response.read()
             kept = {name: value for name, value in response.getheaders() if name.lower() not in _HOP_BY_HOP}
+            if method == "HEAD" and response.getheader("content-length") is not None:
+                # A HEAD answer has no body, but its Content-Length is the object's size (S3 HeadObject).
+                kept["Content-Length"] = response.getheader("content-length") or "0"
             return response.status, kept, data
         finally:
             connection.close()
+
+    def cut_at(self, method: str, data: bytes) -> int | None:
+        """How many bytes of this response body to send before dropping the connection, or None for all."""
+        with self._lock:
+            if method != "GET" or self.log.cuts >= self.cut_bodies or len(data) <= self.cut_after_bytes:
+                return None
+            self.log.cuts += 1
+        return self.cut_after_bytes
 
     def _bulk(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         with self._lock:
@@ -217,8 +243,17 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             for name, value in response_headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
+            if "Content-Length" not in response_headers:
+                self.send_header("Content-Length", str(len(data)))
             self.end_headers()
+            cut = proxy.cut_at(self.command, data)
+            if cut is not None:
+                self.wfile.write(data[:cut])
+                self.wfile.flush()
+                if proxy.on_cut is not None:
+                    proxy.on_cut()
+                self.close_connection = True
+                return
             if self.command != "HEAD":
                 self.wfile.write(data)
 

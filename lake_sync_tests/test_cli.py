@@ -79,3 +79,22 @@ def test_cli_sync_names_an_unknown_task(workdir: Path) -> None:
 
     assert result.returncode == 2
     assert "no task named 'nope'" in result.stderr
+
+
+def test_cli_search_shows_the_best_chunk_of_a_chunked_field_and_sync_reports_truncated_inputs(workdir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    config = yaml.safe_load((workdir / "lake_sync.yaml").read_text())
+    chunk = {"max_tokens": 1, "overlap": 0}
+    config["tasks"][0]["transforms"] = [
+        {"field": "name", "embed": "text", "model": "hash:16", "to": "name_chunks", "chunk": chunk}
+    ]
+    (workdir / "lake_sync.yaml").write_text(yaml.safe_dump(config))
+
+    synced = _run("sync", "goods", "--full", cwd=workdir, env=env)
+    found = _run("search", "goods", "boots", "-k", "1", cwd=workdir, env=env)
+
+    assert synced.returncode == 0, synced.stderr
+    assert "inputs_truncated" in synced.stdout
+    assert found.returncode == 0, found.stderr
+    # One word per chunk: the hashing embedder matches the query to the chunk "boots" of "Trail boots" exactly.
+    assert '[1,"k1"]' in found.stdout and "name_chunks #1" in found.stdout and ": boots" in found.stdout

@@ -26,6 +26,10 @@ Decisions, where ML Commons leaves them open or gets them wrong:
   exact, and cheaper.
 - Per-document success rate: documents written / (written + dead-lettered), in percent.
 - Cancel stops reading and sends no further bulk request; requests already in flight finish.
+- An error budget (the request's `options.max_errors` / `max_error_rate`, or the caller's, e.g. the
+  task's `errors` for a predict job) works as the sync's: past `max_errors` the ingest stops writing at
+  once (the count can only grow), and above `max_error_rate`, checked once every document was tried
+  (a prefix's rate says nothing of the whole), it ends FAILED; the dead letters stay in their file.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from lake_sync.batch.readers import SourceReader, SourceReaders
 from lake_sync.batch.request import FieldPath, IngestRequest, MissingIds, SourcePlan, extract
-from lake_sync.errors import LakeSyncError, TargetError
+from lake_sync.errors import LakeSyncError, TargetError, TooManyErrorsError
 from lake_sync.index.dead_letters import DeadLetter, DeadLetterFile, Stage
 from lake_sync.index.mapping import vector_mapping
 from lake_sync.index.writer import BulkLimits, BulkWriter, IndexAction
@@ -91,6 +95,36 @@ class IngestProgress:
 
 
 @dataclass(frozen=True)
+class ErrorBudget:
+    """How many dead letters an ingest tolerates (see the module docstring); None is no limit."""
+
+    max_errors: int | None = None
+    max_error_rate: float | None = None
+    #: Who owns the budget and where it is set, for messages: "task 'items'" and "errors".
+    owner: str = "the ingest"
+    setting: str = "options"
+    #: Dead letters an earlier step of the same job counted (staging, earlier parts), within `max_errors`.
+    failed_before: int = 0
+
+    def check_errors(self, failed: int) -> None:
+        """TooManyErrorsError once `failed` (plus `failed_before`) passes `max_errors`."""
+        total = self.failed_before + failed
+        if self.max_errors is not None and total > self.max_errors:
+            raise TooManyErrorsError(
+                f"{self.owner}: {total} documents failed, more than {self.setting}.max_errors={self.max_errors}; "
+                "writing stopped"
+            )
+
+    def check_rate(self, documents: int, failed: int) -> None:
+        """TooManyErrorsError if `failed` of `documents` is above `max_error_rate`."""
+        if self.max_error_rate is not None and documents and failed / documents > self.max_error_rate:
+            raise TooManyErrorsError(
+                f"{self.owner}: {failed}/{documents} documents failed, "
+                f"above {self.setting}.max_error_rate={self.max_error_rate}"
+            )
+
+
+@dataclass(frozen=True)
 class IdReport:
     """How many ids something happened to, and up to 10 of them with where they were seen."""
 
@@ -118,6 +152,8 @@ class IngestResult:
     duration_s: float
     dead_letter_file: Path | None
     error: str | None = None
+    #: FAILED because the dead letters passed the error budget (`error` names it and the counts).
+    over_budget: bool = False
 
     @property
     def success_rate(self) -> float:
@@ -134,6 +170,7 @@ def run_ingest(
     progress: Callable[[IngestProgress], None] | None = None,
     cancel: threading.Event | None = None,
     spill_dir: Path | None = None,
+    budget: ErrorBudget | None = None,
 ) -> IngestResult:
     """Ingest `request`'s sources into its index; every LakeSyncError ends the run as FAILED, not raised.
 
@@ -144,8 +181,12 @@ def run_ingest(
         progress: called with the state at most every DEFAULT_PROGRESS_SECONDS, and at each state change.
         cancel: when set, reading stops and no further bulk request is sent; the state is CANCELLED.
         spill_dir: where a join's partition files go (default: the system's temporary folder).
+        budget: the error budget; default: the request's `options.max_errors` and `options.max_error_rate`.
     """
-    return _Ingest(request, client, dead_letters, progress, cancel or threading.Event(), spill_dir).run()
+    if budget is None:
+        options = request.options
+        budget = ErrorBudget(options.max_errors, options.max_error_rate, f"ingest into '{request.index_name}'")
+    return _Ingest(request, client, dead_letters, progress, cancel or threading.Event(), spill_dir, budget).run()
 
 
 class _Document(NamedTuple):
@@ -184,6 +225,7 @@ class _Ingest:
         progress: Callable[[IngestProgress], None] | None,
         cancel: threading.Event,
         spill_dir: Path | None,
+        budget: ErrorBudget,
     ) -> None:
         self.request = request
         self.client = client
@@ -191,6 +233,7 @@ class _Ingest:
         self.report = progress
         self.cancel = cancel
         self.spill_dir = spill_dir
+        self.budget = budget
         self.plan = request.plan()
         self.task = f"ingest:{request.index_name}"
         self.counts = _Counters()
@@ -211,7 +254,9 @@ class _Ingest:
         started = time.perf_counter()
         self._progress(force=True)
         error: str | None = None
+        over_budget = False
         try:
+            self.budget.check_errors(0)
             with SourceReaders(self.request) as readers:
                 # Every source must exist (and be readable) before the first document is written.
                 sizes = [readers.size(position) for position in range(len(self.plan))]
@@ -223,9 +268,12 @@ class _Ingest:
                 self.target.refresh()
             if self.cancel.is_set():
                 raise _Cancelled
+            self.budget.check_rate(self.counts.documents_written + self.counts.failed, self.counts.failed)
             state = IngestState.COMPLETED_WITH_ERROR if self.counts.failed else IngestState.COMPLETED
         except _Cancelled:
             state = IngestState.CANCELLED
+        except TooManyErrorsError as failure:
+            state, error, over_budget = IngestState.FAILED, self._over_budget(failure), True
         except LakeSyncError as failure:
             state, error = IngestState.FAILED, str(failure)
         finally:
@@ -247,7 +295,14 @@ class _Ingest:
             duration_s=time.perf_counter() - started,
             dead_letter_file=self.dead_letters.path if self.dead_letters.count else None,
             error=error,
+            over_budget=over_budget,
         )
+
+    def _over_budget(self, failure: TooManyErrorsError) -> str:
+        # Earlier steps of the same job (failed_before) wrote theirs to the same file.
+        letters = self.dead_letters.count or self.budget.failed_before
+        kept = f"; the dead letters are in {self.dead_letters.path}" if letters else ""
+        return f"{failure} ({self.counts.documents_written:,} documents written){kept}"
 
     # --- one source ---------------------------------------------------------------------------
 
@@ -431,6 +486,7 @@ class _Ingest:
             document = {"line": document[:DEFAULT_DEAD_LETTER_LINE_BYTES].decode("utf-8", errors="replace")}
         self.dead_letters.add(DeadLetter(self.task, None, document_id, stage, status, reason, document))
         self.counts.failed += 1
+        self.budget.check_errors(self.counts.failed)
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():

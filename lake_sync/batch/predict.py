@@ -8,6 +8,12 @@ re-run: predict resumes an unfinished job from its manifest (no second upload, n
 failed batches resubmitted), and ingest writes by document `_id`. Every file stays in the staging
 dir for audit. Only text transforms on `openai` connections run this way; the online sync
 embeds everything else.
+
+An ingest leaves the index equal to the predicted snapshot S, as an in-place full sync would (documents
+whose ids S lacks are deleted), and then records S as the sync cursor, so the next incremental sync
+starts after S. Like the sync, it does so only within the task's error budget. A sync that got past S
+while the batches ran has its cursor set back to S: the ingest rewrote its documents with S's values,
+and the next incremental sync applies the later changes again (idempotent, last event per key wins).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import openai
 import orjson
 from elasticsearch import Elasticsearch
 
-from lake_sync.batch.ingest import IngestProgress, IngestState, run_ingest
+from lake_sync.batch.ingest import ErrorBudget, IngestProgress, IngestState, run_ingest
 from lake_sync.batch.manifest import (
     MANIFEST_FILE,
     DocumentsFile,
@@ -40,11 +46,13 @@ from lake_sync.batch.request import ID_FIELD, IngestRequest, MissingIds, SourceT
 from lake_sync.config import OpenAIConnection, Task, TaskFile, Transform
 from lake_sync.documents import batch_documents
 from lake_sync.embed.openai_compatible import NO_API_KEY
-from lake_sync.errors import ConfigError, EmbedError, LakeSyncError, SourceError
+from lake_sync.errors import ConfigError, EmbedError, LakeSyncError, SourceError, TooManyErrorsError
 from lake_sync.index.aliases import next_physical_index, resolve_target, swap_alias
 from lake_sync.index.client import build_client, check_cluster, target_errors
+from lake_sync.index.cursor import read_cursor, write_cursor
 from lake_sync.index.dead_letters import DeadLetter, DeadLetterFile
-from lake_sync.index.target import ensure_index
+from lake_sync.index.target import document_ids, ensure_index
+from lake_sync.index.writer import BulkLimits, BulkWriter, IndexAction
 from lake_sync.source.paimon import PaimonTable, open_table
 from lake_sync.sync import ProgressCallback, SyncPlan, plan_sync
 
@@ -96,6 +104,10 @@ class IngestSummary:
     parts: int
     seconds: float
     dead_letter_path: str
+    #: Documents deleted because snapshot `snapshot_id` no longer has their ids.
+    documents_deleted: int = 0
+    #: Whether the index's sync cursor now names `snapshot_id` (False: the job ended before).
+    cursor_written: bool = False
 
     @property
     def success_rate(self) -> float:
@@ -136,6 +148,12 @@ class _BatchTransform:
 
 def offline_transforms(task: Task, task_file: TaskFile) -> list[Transform]:
     """The task's transforms, if all of them are text transforms on `openai` connections; ConfigError otherwise."""
+    chunked = [t.to for t in task.transforms if t.chunk is not None]
+    if chunked:
+        raise ConfigError(
+            f"task '{task.name}': transforms: batch predict writes one vector per document, and {chunked} "
+            "are chunked; sync this task with `lake-sync sync` instead"
+        )
     others = [t.model for t in task.transforms if not _runs_offline(t, task_file)]
     if others or not task.transforms:
         reason = f"transform model(s) {others} are not" if others else "the task has no transforms; they must be"
@@ -219,7 +237,11 @@ def run_predict(
 
 
 def _runs_offline(transform: Transform, task_file: TaskFile) -> bool:
-    return transform.embed == "text" and isinstance(task_file.model_connection(transform.model), OpenAIConnection)
+    return (
+        transform.embed == "text"
+        and transform.chunk is None
+        and isinstance(task_file.model_connection(transform.model), OpenAIConnection)
+    )
 
 
 def _connection(task_file: TaskFile, transform: Transform) -> OpenAIConnection:
@@ -561,7 +583,9 @@ def ingest_predictions(
     `custom_id` = `_id`. Documents are written whole, by `_id`, so a re-run rewrites the same
     documents. A missing index is created as the sync would (`<index>-1` behind the alias, the
     task's mapping); an alias is written through. Requests the model failed are dead letters
-    (stage `embed`), and their documents are written without that vector.
+    (stage `embed`), and their documents are written without that vector. Then documents the
+    snapshot lacks are deleted and the snapshot becomes the sync cursor (see the module docstring).
+    Raises TooManyErrorsError, with the cursor unmoved, past the task's error budget.
     """
     started = time.perf_counter()
     manifest = manifest if isinstance(manifest, PredictManifest) else load_manifest(manifest)
@@ -576,10 +600,12 @@ def ingest_predictions(
     client = build_client(connection)
     check_cluster(client, connection)
     doing = f"ingesting snapshot {manifest.snapshot_id} of task '{task.name}' into '{task.target.index}'"
-    written = failed = embed_failures = partial = 0
+    budget = ErrorBudget(task.errors.max_errors, task.errors.max_error_rate, f"task '{task.name}'", "errors")
+    written = failed = embed_failures = partial = deleted = 0
+    cursor_written = False
     dead_letter_path = Path(task_file.state_dir) / "dead_letters" / f"{task.name}.jsonl"
     with target_errors(connection, doing), DeadLetterFile(dead_letter_path) as dead_letters:
-        _prepare_index(client, task.target.index, plan.mappings)
+        index = _prepare_index(client, task.target.index, plan.mappings)
         for file in manifest.files:
             for line in _lines(file.error_path):
                 dead_letters.add(_embed_dead_letter(manifest, file, line))
@@ -591,7 +617,13 @@ def ingest_predictions(
                 if progress is not None:
                     progress(done + state.documents_written, manifest.document_count)
 
-            result = run_ingest(request, client=client, dead_letters=dead_letters, progress=report)
+            # Rows without a key and failed requests count too, as in the sync; the rate is the whole job's, below.
+            so_far = replace(
+                budget, max_error_rate=None, failed_before=manifest.rejected_keys + embed_failures + failed
+            )
+            result = run_ingest(request, client=client, dead_letters=dead_letters, progress=report, budget=so_far)
+            if result.over_budget:
+                raise TooManyErrorsError(f"{result.error}; the cursor was not moved")
             if result.state is IngestState.FAILED or result.state is IngestState.CANCELLED:
                 raise BatchIngestError(
                     f"task '{task.name}': ingesting part {documents.part} of {manifest.directory} ended "
@@ -601,6 +633,16 @@ def ingest_predictions(
             failed += result.failed
             partial += result.orphans.count
             notify(f"part {documents.part}: {result.documents_written:,} documents written, {result.failed:,} failed")
+        deleted, failed_deletes = _delete_stale(client, index, task, manifest, dead_letters)
+        failed += failed_deletes
+        dead_lettered = manifest.rejected_keys + embed_failures + failed
+        try:
+            budget.check_errors(dead_lettered)
+            budget.check_rate(manifest.rows_read, dead_lettered)
+        except TooManyErrorsError as error:
+            raise TooManyErrorsError(f"{error}; the cursor was not moved") from None
+        _record_cursor(client, index, manifest, notify)
+        cursor_written = True
     return IngestSummary(
         task=task.name,
         index=task.target.index,
@@ -613,7 +655,45 @@ def ingest_predictions(
         parts=len(manifest.documents),
         seconds=time.perf_counter() - started,
         dead_letter_path=str(dead_letter_path),
+        documents_deleted=deleted,
+        cursor_written=cursor_written,
     )
+
+
+def _delete_stale(
+    client: Elasticsearch, index: str, task: Task, manifest: PredictManifest, dead_letters: DeadLetterFile
+) -> tuple[int, int]:
+    """Delete the documents of `index` whose ids the snapshot lacks; (deleted, dead-lettered)."""
+    # The documents files hold every id of the snapshot with a usable key, written or not.
+    ids = {line["custom_id"] for documents in manifest.documents for line in _lines(documents.path)}
+    stale = (IndexAction("delete", found) for found in document_ids(client, index) if found not in ids)
+    bulk = task.bulk
+    writer = BulkWriter(
+        client, index, BulkLimits(bulk.max_documents, bulk.max_bytes, bulk.max_in_flight, bulk.max_retries)
+    )
+    deleted = failed = 0
+    for outcome in writer.write(stale):
+        if outcome.ok:
+            deleted += 1
+            continue
+        failed += 1
+        reason = f"deleting a document snapshot {manifest.snapshot_id} lacks: {outcome.reason or 'rejected'}"
+        dead_letters.add(
+            DeadLetter(manifest.task, manifest.snapshot_id, outcome.action.id, "index", outcome.status, reason, None)
+        )
+    return deleted, failed
+
+
+def _record_cursor(client: Elasticsearch, index: str, manifest: PredictManifest, notify: LogCallback) -> None:
+    """Record the job's snapshot as the sync cursor of `index`: the index now holds exactly that snapshot."""
+    current = read_cursor(client, index)
+    if current is not None and current.snapshot_id > manifest.snapshot_id:
+        notify(
+            f"the cursor of '{index}' was at snapshot {current.snapshot_id}, past {manifest.snapshot_id}: set back, "
+            f"so the next sync applies the changes after snapshot {manifest.snapshot_id} again"
+        )
+    write_cursor(client, index, task=manifest.task, table=manifest.table, snapshot_id=manifest.snapshot_id)
+    notify(f"cursor of '{index}' set to snapshot {manifest.snapshot_id}: the next sync starts after it")
 
 
 def _unfinished(manifest: PredictManifest) -> str:
@@ -624,14 +704,17 @@ def _unfinished(manifest: PredictManifest) -> str:
     )
 
 
-def _prepare_index(client: Elasticsearch, name: str, mappings: dict[str, Any]) -> None:
-    """Make `name` writable with the task's mapping: `<name>-1` behind a new alias, or the existing target."""
+def _prepare_index(client: Elasticsearch, name: str, mappings: dict[str, Any]) -> str:
+    """Make `name` writable with the task's mapping: `<name>-1` behind a new alias, or the existing target.
+
+    Returns the physical index behind `name`, which holds the cursor, as for the sync.
+    """
     target = resolve_target(client, name)
     if target.write_index is None:
         index = next_physical_index(client, name)
         ensure_index(client, index, mappings)
         swap_alias(client, name, index, None)
-        return
+        return index
     ensure_index(client, target.write_index, mappings)
     # An existing index lacking a vector field would map it dynamically as floats that kNN cannot query.
     existing = client.indices.get_mapping(index=target.write_index).body
@@ -639,6 +722,7 @@ def _prepare_index(client: Elasticsearch, name: str, mappings: dict[str, Any]) -
     missing = {field: spec for field, spec in mappings["properties"].items() if field not in mapped}
     if missing:
         client.indices.put_mapping(index=target.write_index, properties=missing)
+    return target.write_index
 
 
 def _ingest_request(

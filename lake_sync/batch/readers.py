@@ -6,6 +6,11 @@ A source is read as a stream of 1 MiB buffers: S3 through boto3's `GetObject` bo
 through the official client's streamed `files.content`, local files from disk. Gzip is recognised by
 a `.gz` suffix or by its magic bytes. A line longer than `max_line_bytes` is skipped to the next
 newline and reported, so one broken line cannot take the memory down.
+
+An S3 body that breaks off mid-stream (dropped connection, read timeout) is resumed below the gzip and
+line layers: a new GET asks for `Range: bytes=<bytes handed out>-` with `If-Match: <the first GET's
+ETag>`, so the byte stream continues exactly where it stopped, every line is read once, and an object
+replaced meanwhile fails clearly (412) instead of splicing two versions.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +32,11 @@ from lake_sync.errors import ConfigError, SourceError
 DEFAULT_READ_BUFFER_BYTES = 1 << 20
 DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 DEFAULT_S3_TIMEOUT = 60.0
+#: Reconnects in a row without a byte of progress before an S3 read gives up; the wait doubles from
+#: DEFAULT_S3_RESUME_BACKOFF up to MAX_S3_RESUME_BACKOFF seconds (0.5 + 1 + 2 + 4 + 8: about 15 s of outage).
+DEFAULT_S3_RESUME_ATTEMPTS = 5
+DEFAULT_S3_RESUME_BACKOFF = 0.5
+MAX_S3_RESUME_BACKOFF = 8.0
 DEFAULT_OPENAI_TIMEOUT = 600.0
 # Local OpenAI-compatible servers usually need no key, but the client refuses to start without one.
 _PLACEHOLDER_API_KEY = "unused"
@@ -138,13 +149,10 @@ class SourceReaders:
             read = _guarded(handle.read, location, (OSError,))
             return SourceReader(str(path), size, read, handle.close, gzipped=gzipped)
         if kind is SourceType.S3:
-            from botocore.exceptions import BotoCoreError, ClientError
-
             bucket, key = _s3_parts(location)
             with self._s3_errors(location):
-                body = self._s3().get_object(Bucket=bucket, Key=key)["Body"]
-            read = _guarded(body.read, location, (BotoCoreError, ClientError, OSError))
-            return SourceReader(location, size, read, body.close, gzipped=gzipped)
+                body = _ResumableS3Body(self._s3(), bucket, key, location)
+            return SourceReader(location, size, body.read, body.close, gzipped=gzipped)
         import openai
 
         with self._openai_errors(location):
@@ -186,20 +194,7 @@ class SourceReaders:
     def _s3_errors(self, location: str) -> _Translate:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        def describe(error: BaseException) -> str:
-            if isinstance(error, ClientError):
-                code = error.response.get("Error", {}).get("Code", "error")
-                status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if code in ("404", "NoSuchKey", "NotFound"):
-                    return f"{location} does not exist"
-                if code == "NoSuchBucket":
-                    return f"the bucket of {location} does not exist"
-                if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                    return f"S3 refused access to {location} ({code}); check credential"
-                return f"S3 answered {status} {code} for {location}"
-            return f"cannot read {location}: {type(error).__name__}: {error}"
-
-        return _Translate((BotoCoreError, ClientError), describe)
+        return _Translate((BotoCoreError, ClientError), lambda error: _s3_problem(location, error))
 
     def _openai_errors(self, location: str) -> _Translate:
         import openai
@@ -232,6 +227,81 @@ class _Translate:
     ) -> None:
         if error is not None and isinstance(error, self._kinds):
             raise SourceError(self._describe(error)) from None
+
+
+class _ResumableS3Body:
+    """`read(n)` over one S3 object that survives dropped connections (see the module docstring).
+
+    Gives up after DEFAULT_S3_RESUME_ATTEMPTS reconnects in a row without progress, with backoff.
+    """
+
+    def __init__(self, client: Any, bucket: str, key: str, location: str) -> None:
+        from botocore.exceptions import BotoCoreError
+        from urllib3.exceptions import HTTPError
+
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._location = location
+        # What a body that broke off raises: botocore wraps urllib3's errors, but not all of them.
+        self._dropped: tuple[type[BaseException], ...] = (BotoCoreError, HTTPError, OSError)
+        response = client.get_object(Bucket=bucket, Key=key)
+        self.etag: str = response["ETag"]
+        self.size = int(response["ContentLength"])
+        self.offset = 0
+        self._body = response["Body"]
+
+    def read(self, size: int) -> bytes:
+        failures = 0
+        while True:
+            try:
+                data = self._body.read(size)
+            except self._dropped as error:
+                failures = self._resume(failures, error)
+                continue
+            self.offset += len(data)
+            return data
+
+    def close(self) -> None:
+        self._body.close()
+
+    def _resume(self, failures: int, error: BaseException) -> int:
+        """Reopen the body at `offset`; the count of reconnects in a row so far."""
+        from botocore.exceptions import ClientError
+
+        while True:
+            failures += 1
+            if failures > DEFAULT_S3_RESUME_ATTEMPTS:
+                raise SourceError(
+                    f"reading {self._location} failed at byte {self.offset:,} of {self.size:,}, "
+                    f"also after {DEFAULT_S3_RESUME_ATTEMPTS} reconnects: {type(error).__name__}: {error}"
+                ) from None
+            time.sleep(min(DEFAULT_S3_RESUME_BACKOFF * 2 ** (failures - 1), MAX_S3_RESUME_BACKOFF))
+            self._body.close()
+            try:
+                response = self._client.get_object(
+                    Bucket=self._bucket, Key=self._key, Range=f"bytes={self.offset}-", IfMatch=self.etag
+                )
+            except ClientError as refused:
+                code = refused.response.get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "412"):
+                    raise SourceError(
+                        f"{self._location} was replaced while it was read (its ETag is no longer {self.etag}; "
+                        f"{self.offset:,} of {self.size:,} bytes were read); re-run the ingest to read the new object"
+                    ) from None
+                raise SourceError(_s3_problem(self._location, refused)) from None
+            except self._dropped as again:
+                error = again
+                continue
+            served = str(response.get("ContentRange", ""))
+            if not served.startswith(f"bytes {self.offset}-"):
+                response["Body"].close()
+                raise SourceError(
+                    f"S3 ignored the Range of a resumed read of {self._location} (asked bytes={self.offset}-, "
+                    f"got {served or 'the whole object'}); the read cannot continue without reading lines twice"
+                )
+            self._body = response["Body"]
+            return failures
 
 
 class _CountingStream(io.RawIOBase):
@@ -281,6 +351,23 @@ def _guarded(
             raise SourceError(f"reading {location} failed: {type(error).__name__}: {error}") from None
 
     return guarded
+
+
+def _s3_problem(location: str, error: BaseException) -> str:
+    """What an S3 client error means for `location`, without credentials."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "error")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return f"{location} does not exist"
+        if code == "NoSuchBucket":
+            return f"the bucket of {location} does not exist"
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return f"S3 refused access to {location} ({code}); check credential"
+        return f"S3 answered {status} {code} for {location}"
+    return f"cannot read {location}: {type(error).__name__}: {error}"
 
 
 def _local_path(location: str) -> Path:

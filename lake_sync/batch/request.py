@@ -5,7 +5,7 @@ request JSON → `IngestRequest` (JSONPaths parsed, sources and credentials chec
 Bodies written for ML Commons are accepted unchanged. Our extensions: data_source type `file`,
 `data_source.endpoint_url` (S3-compatible servers) and `base_url` (OpenAI-compatible servers),
 `connection` (a task-file connection, in place of `connector_id`) and `options` (bulk sizing,
-the join's memory bound and what to do with ids missing from some sources).
+the join's memory bound, what to do with ids missing from some sources, and the error budget).
 """
 
 from __future__ import annotations
@@ -52,14 +52,6 @@ _S3_CREDENTIAL_KEYS = {
     "aws_session_token": "aws_session_token",
 }
 _OPENAI_CREDENTIAL_KEYS = ("openAI_key", "api_key")
-# pypaimon's S3 options on a paimon connection → boto3 client arguments.
-_PAIMON_S3_OPTIONS = {
-    "fs.s3.endpoint": "endpoint_url",
-    "fs.s3.region": "region_name",
-    "fs.s3.accessKeyId": "aws_access_key_id",
-    "fs.s3.accessKeySecret": "aws_secret_access_key",
-    "fs.s3.securityToken": "aws_session_token",
-}
 
 
 class SourceType(StrEnum):
@@ -127,6 +119,10 @@ class IngestOptions(_Model):
     max_retries: int = Field(default=DEFAULT_BULK_RETRIES, ge=0)
     missing_ids: MissingIds = MissingIds.DEAD_LETTER
     join_memory_bytes: int = Field(default=DEFAULT_JOIN_MEMORY_BYTES, ge=1)
+    #: The dead-letter budget, as a task's `errors`: above `max_errors` writing stops, above
+    #: `max_error_rate` (dead letters per document) the ingest ends FAILED. Unset: no limit.
+    max_errors: int | None = Field(default=None, ge=0)
+    max_error_rate: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -287,7 +283,7 @@ class IngestRequest(_Model):
                 credential["api_key"] = connection.api_key
             data_source = data_source.model_copy(update={"base_url": data_source.base_url or connection.base_url})
         elif data_source.type is SourceType.S3 and isinstance(connection, PaimonConnection):
-            options = {_PAIMON_S3_OPTIONS[k]: v for k, v in connection.options.items() if k in _PAIMON_S3_OPTIONS}
+            options = connection.object_store_options("s3")
             endpoint = options.pop("endpoint_url", None)
             credential.update(options)
             if endpoint is not None and data_source.endpoint_url is None:

@@ -1,6 +1,6 @@
 """Offline inference jobs: the OpenAI Batch API instead of online embedding calls, then a batch ingest.
 
-batch_predict (pool openai: stage → upload → batches → poll → download) → manifest → batch_ingest (pool elasticsearch)
+batch_predict (pool openai: stage → upload → batches → poll → download) → manifest → batch_ingest (lake_sync_ingest)
 
 One graph serves every task; each task whose transforms all run on `openai` connections gets its
 own job, and the ops read the task from the run's `lake_sync/task` tag. Both ops are idempotent:
@@ -25,9 +25,11 @@ from lake_sync.defs.failures import no_retry_on_bad_input
 from lake_sync.defs.jobs import INDEX_TAG, TASK_TAG
 from lake_sync.defs.resources import TaskFileResource
 
-#: `dagster.yaml` caps runs carrying this tag, so offline jobs beyond the cap wait in the queue.
+#: Marks the runs that ingest (this job and `batch_ingest_job`), for finding them in the run history.
 INGEST_TAG = "lake_sync/ingest"
 INGEST_TAG_VALUE = "offline"
+#: The pool capping concurrent ingests: `batch_ingest` here and the op of `batch_ingest_job` (see defs/ingest.py).
+INGEST_POOL = "lake_sync_ingest"
 
 
 def offline_job_name(task_name: str) -> str:
@@ -78,7 +80,7 @@ def batch_predict(
 
 @dg.op(
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
-    pool="elasticsearch",
+    pool=INGEST_POOL,
     tags={"dagster/kind/elasticsearch": ""},
     out=dg.Out(int, description="Documents written."),
 )
@@ -117,8 +119,8 @@ def build_offline_jobs(task: Task, task_file: TaskFile) -> list[dg.JobDefinition
             name=offline_job_name(task.name),
             description=(
                 f"Embed task '{task.name}' with the OpenAI Batch API (half the price, up to 24 h) and ingest the "
-                f"answers into index '{task.target.index}'. Runs tagged {INGEST_TAG} are capped in dagster.yaml: "
-                "beyond the cap, and while a sync holds the index, a launch waits in the queue."
+                f"answers into index '{task.target.index}'. batch_ingest waits for a slot in pool '{INGEST_POOL}' "
+                "(the cap on concurrent ingests); while a sync holds the index, a launch waits in the queue."
             ),
             tags={INDEX_TAG: task.target.index, TASK_TAG: task.name, INGEST_TAG: INGEST_TAG_VALUE},
             executor_def=dg.in_process_executor,

@@ -1,4 +1,5 @@
-"""Batch ingest end to end: real files, moto S3 and the model server's Files API → the real noida-db.
+"""Batch ingest end to end: real files, moto S3 (also behind the fault proxy, which drops connections
+mid-body) and the model server's Files API → the real noida-db.
 
 Each test writes JSONL in the shape a batch-prediction service produces, runs `run_ingest` on a
 request body, and reads back the index and the dead letters.
@@ -7,6 +8,7 @@ request body, and reads back the index and the dead letters.
 from __future__ import annotations
 
 import copy
+import gzip
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from elasticsearch import Elasticsearch
 from openai import OpenAI
 
 from lake_sync.batch import ingest as ingest_module
+from lake_sync.batch import readers
 from lake_sync.batch.ingest import IngestProgress, IngestState, _verbatim_vectors
 from lake_sync.batch.request import parse_request
 from lake_sync.errors import ConfigError
@@ -408,6 +411,104 @@ def test_ingest_reads_gzip_from_s3_with_endpoint_url(
 
     assert result.state is IngestState.COMPLETED and result.documents_written == 50
     assert es.count(index=index_name)["count"] == 50
+
+
+def s3_body(index: str, endpoint_url: str, key: str) -> dict[str, Any]:
+    return {
+        "index_name": index,
+        "field_map": {"embedding": "$.response.body.data[0].embedding", "_id": "$.custom_id"},
+        "credential": {"region": "us-east-1", "access_key": "testing", "secret_key": "testing"},
+        "data_source": {"type": "s3", "source": [f"s3://bucket/{key}"], "endpoint_url": endpoint_url},
+    }
+
+
+def test_ingest_from_s3_resumes_dropped_connections_and_writes_every_line_exactly_once(
+    ingest: Any, es: Elasticsearch, index_name: str, s3: Any, s3_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "DEFAULT_S3_RESUME_BACKOFF", 0.0)
+    compressed = gzip.compress(jsonl(openai_output(f"r{i}", [vector(DIMS, i)]) for i in range(400)))
+    s3.put_object(Bucket="bucket", Key="out/part-0.jsonl.gz", Body=compressed)
+
+    with FaultProxy(s3_url, cut_bodies=3, cut_after_bytes=len(compressed) // 4) as proxy:
+        result = ingest(s3_body(index_name, proxy.url, "out/part-0.jsonl.gz"))
+
+    assert proxy.log.cuts == 3
+    assert result.state is IngestState.COMPLETED
+    # A line read twice would be a repeated id, a line lost a missing document.
+    assert (result.lines_read, result.documents_written, result.failed, result.duplicates.count) == (400, 400, 0, 0)
+    written = documents(es, index_name)
+    assert sorted(written) == sorted(f"r{i}" for i in range(400))
+    assert written["r399"]["embedding"] == pytest.approx(vector(DIMS, 399))
+
+
+def test_ingest_from_s3_fails_clearly_when_the_object_is_replaced_between_reconnects(
+    ingest: Any, s3: Any, s3_url: str, index_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "DEFAULT_S3_RESUME_BACKOFF", 0.0)
+    original = jsonl(openai_output(f"r{i}", [vector(DIMS, i)]) for i in range(200))
+    s3.put_object(Bucket="bucket", Key="out.jsonl", Body=original)
+
+    def replace_object() -> None:
+        s3.put_object(Bucket="bucket", Key="out.jsonl", Body=jsonl(openai_output("new", [vector(DIMS, 0)])))
+
+    with FaultProxy(s3_url, cut_bodies=1, cut_after_bytes=len(original) // 2, on_cut=replace_object) as proxy:
+        result = ingest(s3_body(index_name, proxy.url, "out.jsonl"))
+
+    assert result.state is IngestState.FAILED
+    assert result.error is not None
+    assert result.error.startswith("s3://bucket/out.jsonl was replaced while it was read (its ETag is no longer")
+    assert result.error.endswith("re-run the ingest to read the new object")
+    assert result.lines_read < 200
+
+
+# --- the error budget -------------------------------------------------------------------------------
+
+
+def test_ingest_stops_writing_and_fails_once_dead_letters_pass_options_max_errors(
+    ingest: Any, es: Elasticsearch, index_name: str, tmp_path: Path, dead_letters: Any, dead_letter_path: Path
+) -> None:
+    lines: list[Any] = [openai_output(f"r{i}", [vector(DIMS, i)]) for i in range(1000)]
+    for bad in (100, 200, 300):
+        lines[bad] = "not json"
+    path = write_jsonl(tmp_path / "out.jsonl", lines)
+    field_map = {"embedding": "$.response.body.data[0].embedding", "_id": "$.custom_id"}
+
+    result = ingest(file_request(index_name, [path], field_map, options={"bulk_size": 50, "max_errors": 2}))
+
+    assert result.state is IngestState.FAILED and result.over_budget
+    assert result.error == (
+        f"ingest into '{index_name}': 3 documents failed, more than options.max_errors=2; writing stopped "
+        f"({result.documents_written:,} documents written); the dead letters are in {dead_letter_path}"
+    )
+    # The third bad line is line 301: nothing read after it was sent.
+    assert result.lines_read == 301 and result.failed == 3
+    es.indices.refresh(index=index_name)
+    assert es.count(index=index_name)["count"] <= 298
+    assert [letter["reason"].split(": ")[0] for letter in dead_letters()] == [
+        f"source[0] ({path}) line {bad + 1}" for bad in (100, 200, 300)
+    ]
+
+
+@pytest.mark.parametrize(("max_rate", "state"), [(0.2, IngestState.FAILED), (0.3, IngestState.COMPLETED_WITH_ERROR)])
+def test_ingest_checks_options_max_error_rate_once_every_document_was_tried(
+    ingest: Any, es: Elasticsearch, index_name: str, tmp_path: Path, max_rate: float, state: IngestState
+) -> None:
+    lines: list[Any] = [openai_output(f"r{i}", [vector(DIMS, i)]) for i in range(10)]
+    lines[0] = lines[1] = lines[2] = "not json"
+    path = write_jsonl(tmp_path / "out.jsonl", lines)
+    field_map = {"embedding": "$.response.body.data[0].embedding", "_id": "$.custom_id"}
+
+    result = ingest(file_request(index_name, [path], field_map, options={"max_error_rate": max_rate}))
+
+    # The first lines alone are 100 % failures; only the whole run's 3/10 is held against the budget.
+    assert result.state is state and result.over_budget is (state is IngestState.FAILED)
+    assert (result.documents_written, result.failed) == (7, 3)
+    if state is IngestState.FAILED:
+        assert result.error is not None
+        assert result.error.startswith(
+            f"ingest into '{index_name}': 3/10 documents failed, above options.max_error_rate=0.2"
+        )
+    assert len(documents(es, index_name)) == 7
 
 
 def test_ingest_fails_before_writing_when_a_source_is_missing(

@@ -29,8 +29,9 @@ from lake_sync.batch.predict import (
 )
 from lake_sync.config import TaskFile
 from lake_sync.embed.hashing import HashingEmbedder
-from lake_sync.errors import ConfigError
+from lake_sync.errors import ConfigError, TooManyErrorsError
 from lake_sync.index.aliases import resolve_target
+from lake_sync.index.cursor import read_cursor
 from lake_sync.index.dead_letters import read_dead_letters
 from lake_sync.local.model_server import ModelServer, running_model_server
 from lake_sync.sync import SyncMode, run_sync
@@ -339,3 +340,118 @@ def test_predict_dead_letters_a_request_too_large_for_any_file(
     (letter,) = read_dead_letters(Path(tasks.state_dir, "dead_letters", "items.jsonl"))
     assert (letter["id"], letter["stage"]) == ("long", "embed")
     assert "title: the request is" in letter["reason"] and "above 250" in letter["reason"]
+
+
+# --- the sync cursor and the error budget -----------------------------------------------------------
+
+
+def test_predict_records_its_snapshot_as_the_cursor_so_the_next_sync_continues_incrementally(
+    task_file: TaskFileFactory,
+    warehouse: str,
+    es_url: str,
+    es: Elasticsearch,
+    index_name: str,
+    models: ModelServer,
+    items: Any,
+) -> None:
+    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+
+    manifest = run_predict(tasks, "items", poll=FAST)
+    summary = ingest_predictions(tasks, manifest)
+    # On the physical index behind the alias, where the sync reads and writes it.
+    cursor = read_cursor(es, f"{index_name}-1")
+    commit_rows(items, pa.table({"id": ["late"], "title": ["a late kettle"], "price": [99.0]}))
+    result = run_sync(tasks, "items")
+
+    assert summary.cursor_written and cursor is not None
+    assert (cursor.snapshot_id, cursor.task, cursor.table) == (manifest.snapshot_id, "items", manifest.table)
+    assert result.mode is SyncMode.INCREMENTAL and "full" not in result.reason
+    assert (result.from_snapshot, result.snapshot_id, result.documents_indexed) == (manifest.snapshot_id, 2, 1)
+    assert result.physical_index == f"{index_name}-1"
+    documents = indexed(es, index_name)
+    assert len(documents) == 11 and documents["late"]["title"] == "a late kettle"
+    np.testing.assert_allclose(documents["late"]["title_vec"], hash_vectors(["a late kettle"])["a late kettle"])
+
+
+def test_predict_deletes_documents_its_snapshot_lacks_before_recording_the_cursor(
+    task_file: TaskFileFactory,
+    warehouse: str,
+    es_url: str,
+    es: Elasticsearch,
+    index_name: str,
+    models: ModelServer,
+    items: Any,
+) -> None:
+    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+    run_sync(tasks, "items", mode=SyncMode.FULL)
+    # As a row deleted from the table after the sync would leave it (Paimon deletes need a keyed table).
+    es.index(index=index_name, id="gone", document={"title": "deleted from the table"}, refresh=True)
+
+    summary = ingest_predictions(tasks, run_predict(tasks, "items", poll=FAST))
+
+    assert summary.documents_deleted == 1 and summary.cursor_written
+    assert set(indexed(es, index_name)) == {*TITLES, "blank"}
+
+
+def test_predict_sets_back_the_cursor_of_a_sync_that_got_further_so_the_next_sync_reapplies_its_changes(
+    task_file: TaskFileFactory,
+    warehouse: str,
+    es_url: str,
+    es: Elasticsearch,
+    index_name: str,
+    models: ModelServer,
+    items: Any,
+) -> None:
+    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+    manifest = run_predict(tasks, "items", poll=FAST)
+    commit_rows(items, pa.table({"id": ["late"], "title": ["a late kettle"], "price": [99.0]}))
+    run_sync(tasks, "items")
+
+    summary = ingest_predictions(tasks, manifest)
+    cursor = read_cursor(es, index_name)
+    after_ingest = set(indexed(es, index_name))
+    result = run_sync(tasks, "items")
+
+    # The index holds snapshot 1 exactly, and says so; the next sync brings snapshot 2's row back.
+    assert manifest.snapshot_id == 1 and summary.cursor_written
+    assert cursor is not None and cursor.snapshot_id == 1
+    assert summary.documents_deleted == 1 and "late" not in after_ingest
+    assert (result.mode, result.from_snapshot, result.snapshot_id) == (SyncMode.INCREMENTAL, 1, 2)
+    assert indexed(es, index_name)["late"]["title"] == "a late kettle"
+
+
+@pytest.mark.parametrize(
+    ("errors", "model", "message", "written", "letters"),
+    [
+        # The null key, dead-lettered while staging, is already one too many: nothing is written.
+        ({"max_errors": 0}, MODEL, "1 documents failed, more than errors.max_errors=0; writing stopped", 0, 1),
+        # With the model missing, each of the 9 requests is a dead letter too; the rate is the whole job's.
+        ({"max_error_rate": 0.5}, "not-served", "10/11 documents failed, above errors.max_error_rate=0.5", 10, 10),
+    ],
+    ids=["max_errors", "max_error_rate"],
+)
+def test_predict_ingest_past_the_tasks_error_budget_fails_and_leaves_the_cursor(
+    task_file: TaskFileFactory,
+    warehouse: str,
+    es_url: str,
+    es: Elasticsearch,
+    index_name: str,
+    models: ModelServer,
+    items: Any,
+    errors: dict[str, Any],
+    model: str,
+    message: str,
+    written: int,
+    letters: int,
+) -> None:
+    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url, model=model, errors=errors)
+    manifest = run_predict(tasks, "items", poll=FAST)
+
+    with pytest.raises(TooManyErrorsError) as failure:
+        ingest_predictions(tasks, manifest)
+
+    assert str(failure.value).startswith(f"task 'items': {message}")
+    assert str(failure.value).endswith("the cursor was not moved")
+    assert read_cursor(es, index_name) is None
+    assert len(indexed(es, index_name)) == written
+    assert len(read_dead_letters(Path(tasks.state_dir, "dead_letters", "items.jsonl"))) == letters

@@ -1,4 +1,5 @@
-"""Source readers against real files, a real moto S3 server and the real model server's Files API."""
+"""Source readers against real files, a real moto S3 server (also behind the fault proxy, which drops
+connections mid-body) and the real model server's Files API."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from lake_sync.batch.readers import SourceLine, SourceReaders
 from lake_sync.batch.request import parse_request
 from lake_sync.errors import SourceError
 from lake_sync.local.model_server import ModelServer
-from lake_sync_tests.batch.conftest import S3_CREDENTIAL
+from lake_sync_tests.batch.conftest import S3_CREDENTIAL, jsonl, vector
+from lake_sync_tests.fault_proxy import FaultProxy
 
 LINES = b'{"n": 1}\n\n{"n": 2}\r\n{"n": 3}'
 
@@ -108,3 +110,52 @@ def test_openai_reader_streams_file_content_through_the_official_client(model_se
     assert size == read == len(LINES)
     with pytest.raises(SourceError, match=r"OpenAI file file-0+ does not exist at http://127\.0\.0\.1"):
         read_all(request_for("openAI", ["file-" + "0" * 24], base_url=model_server.base_url))
+
+
+# --- S3 reads that resume after a dropped connection (moto behind the TCP fault proxy) ---------
+
+
+def numbered_lines(count: int) -> bytes:
+    """Distinct lines of JSON with random floats, so gzip cannot shrink them to nothing."""
+    return jsonl({"id": f"d{n}", "vector": vector(8, n)} for n in range(count))
+
+
+def s3_request(proxy: FaultProxy, key: str) -> Any:
+    return request_for("s3", [f"s3://bucket/{key}"], endpoint_url=proxy.url)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_s3_reader_resumes_a_dropped_body_with_range_pinned_to_the_etag_and_reads_every_line_once(
+    s3: Any, s3_url: str, monkeypatch: pytest.MonkeyPatch, compress: bool
+) -> None:
+    monkeypatch.setattr(readers, "DEFAULT_S3_RESUME_BACKOFF", 0.0)
+    data = numbered_lines(300)
+    body = gzip.compress(data) if compress else data
+    key = "out/batch.jsonl.gz" if compress else "out/batch.jsonl"
+    etag = s3.put_object(Bucket="bucket", Key=key, Body=body)["ETag"]
+
+    # Both the first answer and the first resumed one break off a third of the way into their bodies.
+    with FaultProxy(s3_url, cut_bodies=2, cut_after_bytes=len(body) // 3) as proxy:
+        lines, size, read = read_all(s3_request(proxy, key))
+
+    assert [(line.number, line.data) for line in lines] == list(enumerate(data.splitlines(keepends=True), 1))
+    assert size == read == len(body)
+    gets = [headers for path, headers in zip(proxy.log.paths, proxy.log.headers, strict=True) if path.startswith("GET")]
+    cut = len(body) // 3
+    assert [headers.get("range") for headers in gets] == [None, f"bytes={cut}-", f"bytes={2 * cut}-"]
+    assert [headers.get("if-match") for headers in gets] == [None, etag, etag]
+    assert proxy.log.cuts == 2
+
+
+def test_s3_reader_gives_up_after_the_reconnects_in_a_row_that_bring_no_byte(
+    s3: Any, s3_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "DEFAULT_S3_RESUME_BACKOFF", 0.0)
+    monkeypatch.setattr(readers, "DEFAULT_S3_RESUME_ATTEMPTS", 2)
+    s3.put_object(Bucket="bucket", Key="out.jsonl", Body=numbered_lines(10))
+
+    failure = r"reading s3://bucket/out\.jsonl failed at byte 0 of [\d,]+, also after 2 reconnects"
+    with FaultProxy(s3_url, cut_bodies=10, cut_after_bytes=0) as proxy, pytest.raises(SourceError, match=failure):
+        read_all(s3_request(proxy, "out.jsonl"))
+
+    assert proxy.log.cuts == 3

@@ -16,7 +16,7 @@ from elasticsearch import Elasticsearch
 
 from lake_sync.defs.definitions import build_defs
 from lake_sync.defs.jobs import INDEX_TAG, TASK_TAG
-from lake_sync.defs.offline import INGEST_TAG, PredictConfig, offline_job_name
+from lake_sync.defs.offline import INGEST_POOL, INGEST_TAG, PredictConfig, offline_job_name
 from lake_sync.embed.hashing import HashingEmbedder
 from lake_sync.local.model_server import ModelServer, running_model_server
 from lake_sync_tests.conftest import write_paimon_table
@@ -72,10 +72,9 @@ def test_offline_job_is_built_only_for_tasks_whose_transforms_run_on_openai(
     job = defs.resolve_job_def(offline_job_name("kettles"))
     assert job.tags == {INDEX_TAG: index_name, TASK_TAG: "kettles", INGEST_TAG: "offline"}
     assert [node.name for node in job.graph.nodes_in_topological_order] == ["batch_predict", "batch_ingest"]
-    assert job.graph.pools == {"openai", "elasticsearch"}
+    assert job.graph.pools == {"openai", INGEST_POOL}
     assert offline_job_name("online") not in {job.name for job in defs.resolve_all_job_defs()}
-    limits = yaml.safe_load(DAGSTER_YAML.read_text())["concurrency"]["runs"]["tag_concurrency_limits"]
-    assert {"key": INGEST_TAG, "limit": 1} in limits
+    assert yaml.safe_load(DAGSTER_YAML.read_text())["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
 
 
 def test_offline_job_predicts_and_ingests_in_process(
