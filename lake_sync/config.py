@@ -38,6 +38,28 @@ DEFAULT_BULK_RETRIES = 5
 DEFAULT_READ_BATCH_ROWS = 1024
 DEFAULT_POLL_SECONDS = 30
 
+#: boto3 client arguments an `images.s3` or `embedding_cache.s3` mapping may hold.
+S3_CLIENT_OPTIONS = frozenset(
+    {
+        "endpoint_url",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "region_name",
+        "addressing_style",
+    }
+)
+# pypaimon's `fs.s3.*` / `fs.oss.*` warehouse options → boto3 client arguments.
+_PAIMON_OBJECT_STORE_OPTIONS = {
+    "endpoint": "endpoint_url",
+    "region": "region_name",
+    "accessKeyId": "aws_access_key_id",
+    "accessKeySecret": "aws_secret_access_key",
+    "securityToken": "aws_session_token",
+}
+_OBJECT_STORE_URI = re.compile(r"^(s3|oss)://([^/]+)(/.*)?$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -58,6 +80,11 @@ class PaimonConnection(_Model):
         """The options pypaimon expects, secrets revealed; never log the result."""
         revealed = {key: value.get_secret_value() for key, value in self.options.items()}
         return {"warehouse": self.warehouse, **revealed}
+
+    def object_store_options(self, scheme: str) -> dict[str, SecretStr]:
+        """boto3 client arguments from this warehouse's `fs.<scheme>.*` options (`scheme`: s3 or oss)."""
+        names = {f"fs.{scheme}.{option}": argument for option, argument in _PAIMON_OBJECT_STORE_OPTIONS.items()}
+        return {names[key]: value for key, value in self.options.items() if key in names}
 
 
 class ElasticsearchConnection(_Model):
@@ -112,6 +139,9 @@ class OpenAIConnection(_Model):
     max_retries: int = Field(default=5, ge=0)
     #: Vector dims per model name, when known; otherwise one probe call finds them.
     dims: dict[str, int] = Field(default_factory=dict)
+    #: Input limit per model name in tokens, over the built-in defaults; lake-sync cuts longer texts to
+    #: this many UTF-8 bytes (see embed/limits.py: no tokenizer of the provider is available here).
+    max_input_tokens: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     #: How the server takes images, for multimodal models (None: texts only). "object" sends
     #: `input: [{"image": "data:image/png;base64,..."}]` (Jina-style servers); "modality" sends
     #: `input: ["data:image/png;base64,..."]` with `modality: "image"` (infinity-emb).
@@ -135,6 +165,8 @@ class AISearchConnection(_Model):
     timeout: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=5, ge=0)
     dims: dict[str, int] = Field(default_factory=dict)
+    #: As for `openai` connections; the documented limits of the built-in services are the defaults.
+    max_input_tokens: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
 
 
 ModelConnection = OpenAIConnection | AISearchConnection
@@ -154,8 +186,25 @@ class TargetConfig(_Model):
     index: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
 
 
+class ChunkConfig(_Model):
+    """Split a long text into chunks of `max_tokens` tokens, each repeating the last `overlap` tokens of
+    the one before, and embed every chunk: the field becomes a `nested` list of chunks."""
+
+    max_tokens: int = Field(ge=1)
+    overlap: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkConfig:
+        if self.overlap >= self.max_tokens:
+            raise ValueError(
+                f"overlap ({self.overlap}) must be smaller than max_tokens ({self.max_tokens}), "
+                "or every chunk would start where the one before did"
+            )
+        return self
+
+
 class Transform(_Model):
-    """Embed one column into a vector field.
+    """Embed one column into a vector field, or with `chunk` into a nested field of chunk vectors.
 
     `model` is `<provider>:<name>`: a built-in provider (`local`, `clip`, `hash`) or the name of
     an `openai` / `aisearch` connection.
@@ -165,6 +214,15 @@ class Transform(_Model):
     embed: Literal["text", "image"]
     model: str = DEFAULT_TEXT_MODEL
     to: str
+    chunk: ChunkConfig | None = None
+
+    @model_validator(mode="after")
+    def _chunks_are_text(self) -> Transform:
+        if self.chunk is not None and self.embed != "text":
+            raise ValueError(
+                f"chunk: only text is chunked; remove chunk from the '{self.embed}' transform of '{self.field}'"
+            )
+        return self
 
 
 class ScheduleConfig(_Model):
@@ -237,12 +295,46 @@ class Task(_Model):
         return self
 
 
+class EmbeddingCacheConfig(_Model):
+    """The embedding cache shared between machines: vector segments under an `s3://` or `oss://` prefix.
+
+    Every machine keeps its local SQLite cache; a run imports the segments it has not seen yet
+    and uploads the vectors it computed as a new segment. Endpoint and keys come from `s3`, over
+    the `fs.<scheme>.*` options of the paimon `connection`, over the AWS environment.
+    """
+
+    location: str
+    connection: str | None = None
+    s3: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("location")
+    @classmethod
+    def _object_store_prefix(cls, location: str) -> str:
+        match = _OBJECT_STORE_URI.match(location)
+        if match is None or not _BUCKET.match(match.group(2)):
+            raise ValueError(f"write s3://bucket/prefix or oss://bucket/prefix (got {location!r})")
+        return location.rstrip("/")
+
+    @field_validator("s3")
+    @classmethod
+    def _known_options(cls, options: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        unknown = sorted(set(options) - S3_CLIENT_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown}; allowed: {sorted(S3_CLIENT_OPTIONS)}")
+        return options
+
+    @property
+    def scheme(self) -> str:
+        return self.location.partition("://")[0]
+
+
 class TaskFile(_Model):
     """Connections by name, and the tasks that use them."""
 
     connections: dict[str, Connection]
     tasks: list[Task] = Field(default_factory=list)
     state_dir: str = ".lake_sync"
+    embedding_cache: EmbeddingCacheConfig | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> TaskFile:
@@ -275,6 +367,46 @@ class TaskFile(_Model):
                         f"expected type '{expected}'"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _embedding_cache_resolves(self) -> TaskFile:
+        cache = self.embedding_cache
+        if cache is None:
+            return self
+        if cache.connection is not None:
+            connection = self.connections.get(cache.connection)
+            if not isinstance(connection, PaimonConnection):
+                found = f"has type '{connection.type}'" if connection else "is not defined"
+                raise ValueError(
+                    f"embedding_cache.connection: '{cache.connection}' {found}; name a paimon connection whose "
+                    f"fs.{cache.scheme}.* options reach the cache location, or give embedding_cache.s3 instead"
+                )
+        options = self.embedding_cache_options()
+        if ("aws_access_key_id" in options) != ("aws_secret_access_key" in options):
+            raise ValueError(
+                "embedding_cache.s3: give both aws_access_key_id and aws_secret_access_key, or neither "
+                "(then the AWS environment: AWS_ACCESS_KEY_ID, a profile or a role)"
+            )
+        if cache.scheme == "oss" and not options.get("endpoint_url"):
+            raise ValueError(
+                "embedding_cache.s3.endpoint_url: oss:// locations need the OSS endpoint, "
+                "e.g. https://oss-cn-hangzhou.aliyuncs.com (or fs.oss.endpoint on the paimon connection)"
+            )
+        return self
+
+    def embedding_cache_options(self) -> dict[str, str]:
+        """boto3 client arguments for `embedding_cache`: its `s3` over its connection's options; never log them."""
+        cache = self.embedding_cache
+        if cache is None:
+            return {}
+        connection = self.connections.get(cache.connection or "")
+        inherited = connection.object_store_options(cache.scheme) if isinstance(connection, PaimonConnection) else {}
+        options = {key: value.get_secret_value() for key, value in {**inherited, **cache.s3}.items()}
+        endpoint = options.get("endpoint_url")
+        # Paimon takes bare hosts (`oss-cn-hangzhou.aliyuncs.com`); boto3 needs a URL.
+        if endpoint and "://" not in endpoint:
+            options["endpoint_url"] = f"https://{endpoint}"
+        return options
 
     def task(self, name: str) -> Task:
         """The task called `name`; a ConfigError lists the known names otherwise."""

@@ -27,5 +27,9 @@ class MappingConflictError(TargetError):
     """An existing index has a mapping that disagrees with the task; no document was written."""
 
 
+class CacheError(LakeSyncError):
+    """The shared embedding cache location cannot be reached or answered with an error (transient: retry)."""
+
+
 class TooManyErrorsError(LakeSyncError):
     """More documents failed than the task's error budget allows; the cursor was not moved."""

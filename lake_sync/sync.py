@@ -13,10 +13,12 @@ task's error budget, and `_id`s come from primary keys, so re-running any range 
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -25,10 +27,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 from elasticsearch import Elasticsearch
 
-from lake_sync.config import ElasticsearchConnection, Task, TaskFile
+from lake_sync.config import ChunkConfig, ElasticsearchConnection, Task, TaskFile
 from lake_sync.documents import FieldPlan, RowDocument, batch_documents, encode_id, key_problem
 from lake_sync.embed import Embedder, build_embedder
 from lake_sync.embed.cache import EmbeddingCache
+from lake_sync.embed.segments import open_segment_store
 from lake_sync.errors import ConfigError, SourceError, TooManyErrorsError
 from lake_sync.index.aliases import (
     TargetKind,
@@ -41,14 +44,16 @@ from lake_sync.index.aliases import (
 from lake_sync.index.client import build_client, check_cluster, target_errors
 from lake_sync.index.cursor import SyncCursor, read_cursor, write_cursor
 from lake_sync.index.dead_letters import DeadLetter, DeadLetterFile
-from lake_sync.index.mapping import build_mappings
+from lake_sync.index.mapping import CHUNK_VECTOR, build_mappings
 from lake_sync.index.target import count_documents, document_ids, ensure_index
 from lake_sync.index.writer import BulkLimits, BulkWriter, IndexAction, IndexOutcome
 from lake_sync.source.changes import ChangePlan, ChangeRange, collapse_changes, plan_changes, read_changes
 from lake_sync.source.paimon import PaimonTable, Snapshot, open_table
 
 if TYPE_CHECKING:
-    from lake_sync.embed.images import ImageFetcher
+    from lake_sync.embed.images import ImageFetcher, ImageResult
+
+logger = logging.getLogger(__name__)
 
 PREVIEW_DOCUMENTS = 5
 EMBEDDING_CACHE_FILE = "embeddings.sqlite"
@@ -58,6 +63,8 @@ MAX_CATCH_UP_ROUNDS = 5
 
 #: Called with (rows read so far, rows in the snapshot if known).
 ProgressCallback = Callable[[int, int | None], None]
+#: Per image field, the batch's fetched images by row: being fetched while the batch before is embedded.
+FetchedImages = dict[str, "Future[dict[int, ImageResult]]"]
 
 
 class SyncMode(StrEnum):
@@ -79,6 +86,8 @@ class VectorField:
     field: str
     embedder: Embedder
     kind: Literal["text", "image"] = "text"
+    #: Set for chunked text: `field` holds a nested list of chunks, each with its own vector.
+    chunk: ChunkConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,18 @@ class SyncResult:
     index_wait_seconds: float
     dead_letter_path: str
     preview: list[dict[str, Any]] = field(default_factory=list)
+    #: Per vector field: of this run's inputs (cache hits included, the unit of `inputs_embedded`),
+    #: those longer than the model reads, so their vector covers only its first `max_tokens` tokens.
+    truncated: dict[str, int] = field(default_factory=dict)
+    #: Vectors imported from the shared embedding cache at the start, and uploaded to it at the end.
+    cache_imported: int = 0
+    cache_exported: int = 0
+    #: Shared-cache segments skipped (corrupt, foreign) and failed uploads, one sentence each.
+    cache_problems: list[str] = field(default_factory=list)
+
+    @property
+    def inputs_truncated(self) -> int:
+        return sum(self.truncated.values())
 
     @property
     def status(self) -> SyncStatus:
@@ -192,15 +213,29 @@ def plan_sync(task: Task, table: PaimonTable, task_file: TaskFile) -> SyncPlan:
             )
     renames = {name: task.mapping.get(name, name) for name in fields}
     vectors = [
-        VectorField(t.field, t.to, build_embedder(t.model, task_file.model_connection(t.model)), t.embed)
+        VectorField(t.field, t.to, build_embedder(t.model, task_file.model_connection(t.model)), t.embed, t.chunk)
         for t in task.transforms
     ]
+    _check_chunk_sizes(task, vectors)
     mappings = build_mappings(
         {renames[name]: schema.field(name).type for name in fields},
-        {vector.field: vector.embedder.dims for vector in vectors},
+        {vector.field: vector.embedder.dims for vector in vectors if vector.chunk is None},
         keyword_fields={renames[name] for name in key_columns if name in renames},
+        chunked={vector.field: vector.embedder.dims for vector in vectors if vector.chunk is not None},
     )
     return SyncPlan(FieldPlan(renames, list(key_columns)), vectors, mappings)
+
+
+def _check_chunk_sizes(task: Task, vectors: list[VectorField]) -> None:
+    """A chunk longer than its model reads would be truncated: refuse such a chunk size before any data moves."""
+    for number, vector in enumerate(vectors):
+        limit = vector.embedder.text_tokens.max_tokens
+        if vector.chunk is not None and limit is not None and vector.chunk.max_tokens > limit:
+            raise ConfigError(
+                f"task '{task.name}': transforms.{number}.chunk.max_tokens: {vector.chunk.max_tokens} is more than "
+                f"model {vector.embedder.model_id} reads ({limit} {vector.embedder.text_tokens.unit}); "
+                f"set max_tokens to at most {limit} for field '{vector.field}'"
+            )
 
 
 def latest_source_snapshot(task_file: TaskFile, task_name: str) -> Snapshot | None:
@@ -280,8 +315,9 @@ def run_sync(
     client = _connect(connection)
     dead_letter_path = Path(task_file.state_dir) / "dead_letters" / f"{task.name}.jsonl"
     doing = f"syncing task '{task.name}' into '{task.target.index}' (the cursor was not moved)"
-    cache = EmbeddingCache(Path(task_file.state_dir) / EMBEDDING_CACHE_FILE)
-    with target_errors(connection, doing), DeadLetterFile(dead_letter_path) as dead_letters, closing(cache):
+    # Entering imports what other machines shared; leaving shares this run's vectors, also on failure.
+    cache = EmbeddingCache(Path(task_file.state_dir) / EMBEDDING_CACHE_FILE, shared=open_segment_store(task_file))
+    with target_errors(connection, doing), DeadLetterFile(dead_letter_path) as dead_letters, cache:
         run = _Run(task, table, plan, client, dead_letters, cache, progress)
         target = resolve_target(client, task.target.index)
         cursor = read_cursor(client, target.write_index) if target.write_index else None
@@ -319,6 +355,8 @@ class _Run:
         self.snapshot_id: int | None = None
         self.rows = self.indexed = self.deleted = self.rejected_keys = 0
         self.inputs_embedded = self.cache_hits = self.bulk_requests = 0
+        #: Inputs over their model's limit, per vector field.
+        self.truncated: dict[str, int] = {}
         self.index_wait_seconds = 0.0
         self.preview: list[dict[str, Any]] = []
         self.usage_before = self._model_usage()
@@ -420,8 +458,8 @@ class _Run:
 
     def _snapshot_actions(self, snapshot: Snapshot, *, seen_ids: set[str] | None) -> Iterator[IndexAction]:
         batches = self.table.read_snapshot(snapshot.id, columns=self.plan.columns, batch_rows=self.task.read_batch_rows)
-        for batch in batches:
-            for action in self._upserts(batch):
+        for batch, images in self._prefetch_images(batches):
+            for action in self._upserts(batch, images):
                 if seen_ids is not None:
                     seen_ids.add(action.id)
                 yield action
@@ -435,19 +473,44 @@ class _Run:
         self.rows += changes.events
 
         def actions() -> Iterator[IndexAction]:
-            for batch in changes.upserts.to_batches(max_chunksize=self.task.read_batch_rows):
-                yield from self._upserts(batch)
+            batches = changes.upserts.to_batches(max_chunksize=self.task.read_batch_rows)
+            for batch, images in self._prefetch_images(batches):
+                yield from self._upserts(batch, images)
             for key in changes.deletes:
                 if key_problem(key, self.plan.documents.key_columns) is None:
                     yield IndexAction("delete", encode_id(key))
 
         self._write(index, actions())
 
-    def _upserts(self, batch: pa.RecordBatch) -> Iterator[IndexAction]:
+    def _prefetch_images(self, batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, FetchedImages]]:
+        """Each batch with its images being fetched, one batch ahead: downloads and decode checks of the next
+        batch overlap the model embedding this one (one batch of rows more in memory)."""
+        image_vectors = [vector for vector in self.plan.vectors if vector.kind == "image"]
+        if not image_vectors:
+            yield from ((batch, {}) for batch in batches)
+            return
+        ahead: deque[tuple[pa.RecordBatch, FetchedImages]] = deque()
+        with ThreadPoolExecutor(1, thread_name_prefix="lake-sync-prefetch") as pool:
+            for batch in batches:
+                images = {
+                    vector.field: pool.submit(self._fetch_images, batch.column(vector.column).to_pylist())
+                    for vector in image_vectors
+                }
+                ahead.append((batch, images))
+                if len(ahead) > 1:
+                    yield ahead.popleft()
+            yield from ahead
+
+    def _fetch_images(self, values: list[Any]) -> dict[int, ImageResult]:
+        rows = [row for row, value in enumerate(values) if value]
+        return dict(zip(rows, self.images.fetch([values[row] for row in rows]), strict=True))
+
+    def _upserts(self, batch: pa.RecordBatch, images: FetchedImages) -> Iterator[IndexAction]:
         """Index actions for a batch of rows, with their vectors."""
         documents = list(batch_documents(batch, self.plan.documents))
         for vector in self.plan.vectors:
-            self._attach_vectors(documents, batch.column(vector.column).to_pylist(), vector)
+            fetched = images[vector.field].result() if vector.kind == "image" else {}
+            self._attach_vectors(documents, batch.column(vector.column).to_pylist(), vector, fetched)
         for document in documents:
             if document.id is None:
                 self.rejected_keys += 1
@@ -457,7 +520,9 @@ class _Run:
                 self.preview.append({"_id": document.id, **document.body})
             yield IndexAction("index", document.id, document.body)
 
-    def _attach_vectors(self, documents: list[RowDocument], values: list[Any], vector: VectorField) -> None:
+    def _attach_vectors(
+        self, documents: list[RowDocument], values: list[Any], vector: VectorField, images: dict[int, ImageResult]
+    ) -> None:
         """Set the vector of every written document with a value, from the cache or the model.
 
         An image that cannot be fetched or decoded is a dead letter; its document is still
@@ -465,19 +530,48 @@ class _Run:
         """
         rows = [row for row, document in enumerate(documents) if document.id is not None and values[row]]
         if vector.kind == "image":
-            fetched = self.images.fetch([values[row] for row in rows])
-            for row, image in zip(rows, fetched, strict=True):
-                if image.error is not None:
-                    self._dead_letter(documents[row], "image", 0, f"{vector.column}: {image.error}")
-            usable = [(row, image.data) for row, image in zip(rows, fetched, strict=True) if image.data is not None]
+            for row in rows:
+                if images[row].error is not None:
+                    self._dead_letter(documents[row], "image", 0, f"{vector.column}: {images[row].error}")
+            usable = [(row, images[row].data) for row in rows if images[row].data is not None]
             rows = [row for row, _ in usable]
             embedded = self.cache.embed_images(vector.embedder, [data for _, data in usable])
+        elif vector.chunk is not None:
+            self._attach_chunks(documents, rows, values, vector, vector.chunk)
+            return
         else:
-            embedded = self.cache.embed_texts(vector.embedder, [values[row] for row in rows])
+            embedded = self.cache.embed_texts(vector.embedder, self._fit(vector, [values[row] for row in rows]))
         self.inputs_embedded += len(rows)
         self.cache_hits += embedded.hits
         for row, vector_values in zip(rows, embedded.vectors, strict=True):
             documents[row].body[vector.field] = vector_values
+
+    def _attach_chunks(
+        self, documents: list[RowDocument], rows: list[int], values: list[Any], vector: VectorField, chunk: ChunkConfig
+    ) -> None:
+        """Split each text into chunks and set the document's nested list of them, each with its vector.
+
+        Every chunk is one cache entry, so an unchanged document costs no model call; a text with no
+        tokens has no chunks (and no field). The document is written whole, so an update replaces
+        its whole chunk list.
+        """
+        tokens = vector.embedder.text_tokens
+        per_row = [tokens.chunks(values[row], max_tokens=chunk.max_tokens, overlap=chunk.overlap) for row in rows]
+        texts = self._fit(vector, [piece.text for pieces in per_row for piece in pieces])
+        embedded = self.cache.embed_texts(vector.embedder, texts)
+        self.inputs_embedded += len(texts)
+        self.cache_hits += embedded.hits
+        vectors = iter(embedded.vectors)
+        for row, pieces in zip(rows, per_row, strict=True):
+            if pieces:
+                documents[row].body[vector.field] = [{**asdict(piece), CHUNK_VECTOR: next(vectors)} for piece in pieces]
+
+    def _fit(self, vector: VectorField, texts: list[str]) -> list[str]:
+        """The texts as the model reads them; those over its limit are counted per field."""
+        fitted = vector.embedder.text_tokens.fit(texts)
+        if fitted.truncated:
+            self.truncated[vector.field] = self.truncated.get(vector.field, 0) + fitted.truncated
+        return fitted.texts
 
     def _write(self, index: str, actions: Iterable[IndexAction]) -> None:
         writer = BulkWriter(self.client, index, _limits(self.task))
@@ -510,6 +604,22 @@ class _Run:
 
     def _result(self, mode: SyncMode, index: str, physical_index: str, from_snapshot: int | None) -> SyncResult:
         usage = self._model_usage()
+        for vector in self.plan.vectors:
+            if self.truncated.get(vector.field):
+                tokens = vector.embedder.text_tokens
+                logger.warning(
+                    "task '%s': %d input(s) of column '%s' for field '%s' were longer than the %s %s model %s "
+                    "reads and were truncated; a chunk setting on the transform embeds whole texts",
+                    self.task.name,
+                    self.truncated[vector.field],
+                    vector.column,
+                    vector.field,
+                    tokens.max_tokens,
+                    tokens.unit,
+                    vector.embedder.model_id,
+                )
+        # The run succeeded: share its vectors now, so the result can count them.
+        exported = self.cache.export_shared()
         return SyncResult(
             task=self.task.name,
             mode=mode,
@@ -533,15 +643,21 @@ class _Run:
             index_wait_seconds=self.index_wait_seconds,
             dead_letter_path=str(self.dead_letters.path),
             preview=[_without_vectors(body, self.plan, shown=True) for body in self.preview],
+            truncated=dict(self.truncated),
+            cache_imported=self.cache.imported,
+            cache_exported=exported,
+            cache_problems=list(self.cache.problems),
         )
 
 
 def _without_vectors(body: dict[str, Any] | None, plan: SyncPlan, *, shown: bool = False) -> dict[str, Any] | None:
     if body is None:
         return None
-    vector_fields = {vector.field for vector in plan.vectors}
+    vector_fields = {vector.field: vector.chunk is not None for vector in plan.vectors}
     return {
-        key: (f"<{len(value)} floats>" if shown else None) if key in vector_fields else value
+        key: (f"<{len(value)} {'chunks' if vector_fields[key] else 'floats'}>" if shown else None)
+        if key in vector_fields
+        else value
         for key, value in body.items()
         if shown or key not in vector_fields
     }

@@ -366,3 +366,17 @@ def test_task_file_model_is_frozen():
     with pytest.raises(ValueError, match="frozen"):
         task_file.tasks[0].name = "other"  # type: ignore[misc]
     assert isinstance(task_file, TaskFile)
+
+
+def test_a_chunk_overlap_not_below_the_chunk_size_is_rejected_naming_the_field():
+    message = config_error(lambda d: d["tasks"][0]["transforms"][0].update(chunk={"max_tokens": 32, "overlap": 32}))
+
+    assert "task 'products': transforms.0.chunk: overlap (32) must be smaller than max_tokens (32)" in message
+
+
+def test_chunking_an_image_transform_is_rejected_naming_the_field():
+    message = config_error(
+        lambda d: d["tasks"][0]["transforms"][0].update(embed="image", chunk={"max_tokens": 100, "overlap": 10})
+    )
+
+    assert "task 'products': transforms.0: chunk: only text is chunked" in message

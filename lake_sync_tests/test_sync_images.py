@@ -90,3 +90,33 @@ def test_image_sync_embeds_a_changed_image_again_and_an_unchanged_one_from_the_c
     result = run_sync(task_file(transforms=transforms), "items")
 
     assert (result.inputs_embedded, result.cache_hits, result.model_inputs) == (2, 1, 1)
+
+
+def test_image_sync_fetching_a_batch_ahead_keeps_every_image_with_its_own_row_across_batches(
+    es: Elasticsearch, tmp_path: Path, warehouse: str, index_name: str, task_file: TaskFileFactory, clip_dir: Path
+) -> None:
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (9, 9, 9)]
+    skus = [f"sku-{number}" for number in range(len(colours))]
+    # Every third row's image is missing, so dead letters fall in different batches of 2 rows.
+    images = [
+        str(tmp_path / "missing.png") if number % 3 == 1 else _png(tmp_path / f"{sku}.png", colour)
+        for number, (sku, colour) in enumerate(zip(skus, colours, strict=True))
+    ]
+    write_paimon_table(warehouse, "db.items", pa.table({"sku": skus, "image": images}))
+    tasks = task_file(
+        primary_key="sku",
+        read_batch_rows=2,
+        transforms=[{"field": "image", "embed": "image", "model": f"clip:{clip_dir}", "to": "image_vec"}],
+    )
+
+    result = run_sync(tasks, "items", mode=SyncMode.FULL)
+
+    es.indices.refresh(index=index_name)
+    documents = {hit["_id"]: hit["_source"] for hit in es.search(index=index_name, size=10)["hits"]["hits"]}
+    assert sorted(documents) == skus
+    missing = {sku for number, sku in enumerate(skus) if number % 3 == 1}
+    assert {sku for sku, document in documents.items() if "image_vec" not in document} == missing
+    assert {letter["id"] for letter in read_dead_letters(Path(result.dead_letter_path))} == missing
+    for sku, image in zip(skus, images, strict=True):
+        if sku not in missing:
+            assert search(tasks, "items", image=Path(image).read_bytes(), k=1)[0].id == sku

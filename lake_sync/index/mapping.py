@@ -1,6 +1,7 @@
 """Index mappings derived from Arrow types, and the check of an existing index against them.
 
-Arrow/Paimon type → Elasticsearch field type; vector fields → `dense_vector` (cosine).
+Arrow/Paimon type → Elasticsearch field type; vector fields → `dense_vector` (cosine); chunked
+vector fields → `nested` chunks, each with its text, place and `dense_vector`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from typing import Any
 import pyarrow as pa
 
 from lake_sync.errors import MappingConflictError
+
+#: The vector of each chunk in a chunked field: the kNN field is `<field>.vector`.
+CHUNK_VECTOR = "vector"
 
 _INTEGERS = {
     pa.int8(): "byte",
@@ -58,12 +62,33 @@ def vector_mapping(dims: int) -> dict[str, Any]:
     return {"type": "dense_vector", "dims": dims, "index": True, "similarity": "cosine"}
 
 
+def chunks_mapping(dims: int) -> dict[str, Any]:
+    """A `nested` list of chunks: each its text, its place (`position`, character offsets `start`/`end`
+    in the source text) and its vector. Nested, so a kNN query scores each chunk on its own and can
+    return the best one (`inner_hits`)."""
+    return {
+        "type": "nested",
+        "properties": {
+            "text": {"type": "text"},
+            "position": {"type": "integer"},
+            "start": {"type": "integer"},
+            "end": {"type": "integer"},
+            CHUNK_VECTOR: vector_mapping(dims),
+        },
+    }
+
+
 def build_mappings(
-    columns: dict[str, pa.DataType], vectors: dict[str, int], *, keyword_fields: set[str]
+    columns: dict[str, pa.DataType],
+    vectors: dict[str, int],
+    *,
+    keyword_fields: set[str],
+    chunked: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Mappings for document fields (name → Arrow type) and vector fields (name → dims)."""
+    """Mappings for document fields (name → Arrow type), vector fields and chunked vector fields (name → dims)."""
     properties = {name: field_mapping(data_type, keyword=name in keyword_fields) for name, data_type in columns.items()}
     properties.update({name: vector_mapping(dims) for name, dims in vectors.items()})
+    properties.update({name: chunks_mapping(dims) for name, dims in (chunked or {}).items()})
     return {"dynamic": True, "properties": properties}
 
 
@@ -83,7 +108,7 @@ def mapping_conflicts(existing: dict[str, Any], wanted: dict[str, Any], *, path:
             for key in ("dims", "similarity"):
                 if key in have and have[key] != want[key]:
                     problems.append(f"vector field '{field}' has {key} {have[key]}, the model gives {want[key]}")
-        elif want_type == "object":
+        elif want_type in ("object", "nested"):
             problems.extend(mapping_conflicts(have, want, path=f"{field}."))
     return problems
 

@@ -94,6 +94,9 @@ class RequestCounters:
     inputs: int = 0
     #: Requests refused on purpose (`fail_first`).
     rejected: int = 0
+    #: Embeddings requests being answered now, and the most there ever were at once.
+    in_flight: int = 0
+    max_in_flight: int = 0
 
 
 @dataclass(frozen=True)
@@ -635,10 +638,16 @@ class _Service:
                 headers=self._retry_headers,
             )
         parsed = _parse_embeddings_request(await _json_body(request), self.models.specs)
-        if self._latency_seconds:
-            await asyncio.sleep(self._latency_seconds)
-        # Embedding and encoding run in a thread, so slow requests overlap instead of queueing.
-        body = await run_in_threadpool(lambda: _dumps(_embeddings_body(parsed, self.models.embed(parsed))))
+        counters = self.counters
+        counters.in_flight += 1
+        counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
+        try:
+            if self._latency_seconds:
+                await asyncio.sleep(self._latency_seconds)
+            # Embedding and encoding run in a thread, so slow requests overlap instead of queueing.
+            body = await run_in_threadpool(lambda: _dumps(_embeddings_body(parsed, self.models.embed(parsed))))
+        finally:
+            counters.in_flight -= 1
         self.counters.embeddings += 1
         self.counters.inputs += len(parsed.texts)
         return Response(body, media_type="application/json")

@@ -285,3 +285,26 @@ def test_registry_builds_an_aisearch_embedder_for_a_service_on_an_aisearch_conne
         1536,
         True,
     )
+
+
+def test_aisearch_cuts_texts_over_the_services_documented_limit_before_sending_them() -> None:
+    # ops-text-embedding-001 reads 300 tokens; without its tokenizer, lake-sync sends at most 300 UTF-8 bytes.
+    long_text = "Grüße " * 100  # 700 bytes
+    with AISearchServer(api_key=API_KEY) as server, embedder_for(server, "ops-text-embedding-001") as embedder:
+        fitted = embedder.text_tokens.fit(["short", long_text])
+        embedder.embed_texts(["short", long_text])
+
+    assert fitted.over_limit == [False, True]
+    sent = server.log.requests[0].inputs
+    assert sent[0] == "short" and long_text.startswith(sent[1]) and 294 <= len(sent[1].encode()) <= 300
+
+
+def test_aisearch_connection_max_input_tokens_overrides_the_documented_limit() -> None:
+    with (
+        AISearchServer(api_key=API_KEY) as server,
+        embedder_for(server, max_input_tokens={TEXT_SERVICE: 10}) as embedder,
+    ):
+        embedder.embed_texts(["0123456789abcdef"])
+
+    assert embedder.text_tokens.max_tokens == 10
+    assert server.log.requests[0].inputs == ["0123456789"]

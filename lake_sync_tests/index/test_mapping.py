@@ -149,3 +149,27 @@ def test_mapping_conflict_lists_every_conflicting_field_at_once(es: Elasticsearc
 
     assert "field 'price'" in str(raised.value)
     assert "vector field 'vec'" in str(raised.value)
+
+
+def test_a_chunked_field_is_created_as_nested_chunks_each_with_text_place_and_a_dense_vector(
+    es: Elasticsearch, index_name: str
+):
+    ensure_index(es, index_name, build_mappings({"id": pa.string()}, {}, keyword_fields={"id"}, chunked={"body": 8}))
+
+    chunks = live_properties(es, index_name)["body"]
+    assert chunks["type"] == "nested"
+    assert {name: spec["type"] for name, spec in chunks["properties"].items()} == {
+        "text": "text",
+        "position": "integer",
+        "start": "integer",
+        "end": "integer",
+        "vector": "dense_vector",
+    }
+    assert (chunks["properties"]["vector"]["dims"], chunks["properties"]["vector"]["similarity"]) == (8, "cosine")
+
+
+def test_a_chunked_field_conflicts_with_an_existing_chunk_vector_of_other_dims(es: Elasticsearch, index_name: str):
+    ensure_index(es, index_name, build_mappings({}, {}, keyword_fields=set(), chunked={"body": 8}))
+
+    with pytest.raises(MappingConflictError, match=r"vector field 'body\.vector' has dims 8, the model gives 16"):
+        ensure_index(es, index_name, build_mappings({}, {}, keyword_fields=set(), chunked={"body": 16}))

@@ -165,12 +165,11 @@ def test_latency_only_mode_answers_canned_vectors_without_loading_a_model(tmp_pa
         OpenAI(base_url=server.base_url, api_key="x", max_retries=0) as client,
     ):
         texts = ["alpha", "beta", "alpha"]
-        started = time.monotonic()
         with ThreadPoolExecutor(5) as pool:
             answers = list(pool.map(lambda _: client.embeddings.create(model="ghost", input=texts), range(5)))
-        elapsed = time.monotonic() - started
 
-    assert elapsed < 1.0, f"5 requests with 0.3 s latency each took {elapsed:.2f}s: they did not overlap"
+    # Held 0.3 s each, the 5 requests overlap rather than queue behind each other.
+    assert server.requests.max_in_flight > 1
     vectors = np.array([item.embedding for item in answers[0].data])
     assert vectors.shape == (3, 48)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
