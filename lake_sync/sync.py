@@ -574,7 +574,7 @@ class _Run:
         return fitted.texts
 
     def _write(self, index: str, actions: Iterable[IndexAction]) -> None:
-        writer = BulkWriter(self.client, index, _limits(self.task))
+        writer = BulkWriter(self.client, index, bulk_limits(self.task))
         for outcome in writer.write(actions):
             if not outcome.ok:
                 self._dead_letter(outcome, "index", outcome.status, outcome.reason or "rejected")
@@ -689,7 +689,8 @@ def _open_source(task_file: TaskFile, task: Task) -> PaimonTable:
     return open_table(source.catalog_options(), task.source.database, task.source.table)
 
 
-def _limits(task: Task) -> BulkLimits:
+def bulk_limits(task: Task) -> BulkLimits:
+    """The bulk writer's limits from the task's `bulk` settings."""
     return BulkLimits(
         max_documents=task.bulk.max_documents,
         max_bytes=task.bulk.max_bytes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,8 @@ def test_cli_sync_then_search_finds_the_synced_document(workdir: Path) -> None:
 
     assert synced.returncode == 0, synced.stderr
     assert "documents_indexed" in synced.stdout and "│ 2" in synced.stdout
+    # What the run cost in model calls is in the summary: 2 names, one call of the hashing model.
+    assert re.search(r"inputs_embedded\s+│ 2\b", synced.stdout) and re.search(r"model_calls\s+│ 1\b", synced.stdout)
     assert found.returncode == 0, found.stderr
     # The hashing embedder maps equal texts to equal vectors: the exact text is the top hit.
     assert '[2,"k2"]' in found.stdout

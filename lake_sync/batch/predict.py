@@ -52,9 +52,9 @@ from lake_sync.index.client import build_client, check_cluster, target_errors
 from lake_sync.index.cursor import read_cursor, write_cursor
 from lake_sync.index.dead_letters import DeadLetter, DeadLetterFile
 from lake_sync.index.target import document_ids, ensure_index
-from lake_sync.index.writer import BulkLimits, BulkWriter, IndexAction
+from lake_sync.index.writer import BulkWriter, IndexAction
 from lake_sync.source.paimon import PaimonTable, open_table
-from lake_sync.sync import ProgressCallback, SyncPlan, plan_sync
+from lake_sync.sync import ProgressCallback, SyncPlan, bulk_limits, plan_sync
 
 #: OpenAI's limits on one batch input file.
 DEFAULT_MAX_REQUESTS_PER_FILE = 50_000
@@ -667,10 +667,7 @@ def _delete_stale(
     # The documents files hold every id of the snapshot with a usable key, written or not.
     ids = {line["custom_id"] for documents in manifest.documents for line in _lines(documents.path)}
     stale = (IndexAction("delete", found) for found in document_ids(client, index) if found not in ids)
-    bulk = task.bulk
-    writer = BulkWriter(
-        client, index, BulkLimits(bulk.max_documents, bulk.max_bytes, bulk.max_in_flight, bulk.max_retries)
-    )
+    writer = BulkWriter(client, index, bulk_limits(task))
     deleted = failed = 0
     for outcome in writer.write(stale):
         if outcome.ok:

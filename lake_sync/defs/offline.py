@@ -98,6 +98,8 @@ def batch_ingest(
             "documents_written": dg.MetadataValue.int(summary.documents_written),
             "dead_lettered": dg.MetadataValue.int(summary.dead_lettered),
             "partial_documents": dg.MetadataValue.int(summary.partial_documents),
+            "documents_deleted": dg.MetadataValue.int(summary.documents_deleted),
+            "cursor_written": dg.MetadataValue.bool(summary.cursor_written),
             "success_rate": dg.MetadataValue.float(round(summary.success_rate, 2)),
             "dead_letter_file": dg.MetadataValue.path(summary.dead_letter_path),
             "duration_s": dg.MetadataValue.float(round(summary.seconds, 3)),

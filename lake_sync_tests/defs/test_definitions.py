@@ -136,6 +136,27 @@ def test_full_sync_job_fails_without_retries_when_a_configured_field_is_missing(
     assert not es.indices.exists(index=index_name)
 
 
+def test_full_sync_job_past_the_error_budget_fails_once_without_retries_and_leaves_no_cursor(
+    tmp_path: Path, warehouse: str, es_url: str, index_name: str, monkeypatch: pytest.MonkeyPatch, es: Elasticsearch
+) -> None:
+    monkeypatch.setenv("TEST_ES_URL", es_url)
+    write_paimon_table(warehouse, "db.kettles", ROWS, primary_keys=None)
+    # The row with a null id is a dead letter: one more than the budget allows.
+    path = _write_task_file(tmp_path, warehouse, es_url, index_name, primary_key="id", errors={"max_errors": 0})
+
+    result = (
+        build_defs(path)
+        .resolve_job_def(full_sync_job_name("kettles"))
+        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    )
+
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert not result.success and len(failures) == 1
+    assert "max_errors=0" in failures[0].step_failure_data.user_failure_data.description
+    assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
+    assert read_cursor(es, f"{index_name}-1") is None
+
+
 def test_source_table_observation_reports_the_latest_snapshot_id_as_data_version(kettles_task_file: Path) -> None:
     # `observe` and DATA_VERSION_TAG are not exported at the top level of dagster 1.13.
     from dagster._core.definitions.data_version import DATA_VERSION_TAG
