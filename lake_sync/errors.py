@@ -19,6 +19,15 @@ class EmbedError(LakeSyncError):
     """An embedding model cannot be loaded or answered wrongly."""
 
 
+class UndecodableImageError(EmbedError):
+    """An image passed the fetch checks, but its pixel data cannot be decoded: a dead letter, not a failed batch."""
+
+    def __init__(self, image: bytes, reason: str) -> None:
+        super().__init__(f"not a decodable image ({reason})")
+        self.image = image
+        self.reason = reason
+
+
 class TargetError(LakeSyncError):
     """The search cluster cannot be reached, refused the credentials, or rejected the request."""
 

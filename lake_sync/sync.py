@@ -30,9 +30,9 @@ from elasticsearch import Elasticsearch
 from lake_sync.config import ChunkConfig, ElasticsearchConnection, Task, TaskFile
 from lake_sync.documents import FieldPlan, RowDocument, batch_documents, encode_id, key_problem
 from lake_sync.embed import Embedder, build_embedder
-from lake_sync.embed.cache import EmbeddingCache
+from lake_sync.embed.cache import CachedEmbeddings, EmbeddingCache
 from lake_sync.embed.segments import open_segment_store
-from lake_sync.errors import ConfigError, SourceError, TooManyErrorsError
+from lake_sync.errors import ConfigError, SourceError, TooManyErrorsError, UndecodableImageError
 from lake_sync.index.aliases import (
     TargetKind,
     TargetState,
@@ -533,9 +533,8 @@ class _Run:
             for row in rows:
                 if images[row].error is not None:
                     self._dead_letter(documents[row], "image", 0, f"{vector.column}: {images[row].error}")
-            usable = [(row, images[row].data) for row in rows if images[row].data is not None]
-            rows = [row for row, _ in usable]
-            embedded = self.cache.embed_images(vector.embedder, [data for _, data in usable])
+            usable = {row: data for row in rows if (data := images[row].data) is not None}
+            rows, embedded = self._embed_images(documents, usable, vector)
         elif vector.chunk is not None:
             self._attach_chunks(documents, rows, values, vector, vector.chunk)
             return
@@ -545,6 +544,22 @@ class _Run:
         self.cache_hits += embedded.hits
         for row, vector_values in zip(rows, embedded.vectors, strict=True):
             documents[row].body[vector.field] = vector_values
+
+    def _embed_images(
+        self, documents: list[RowDocument], usable: dict[int, bytes], vector: VectorField
+    ) -> tuple[list[int], CachedEmbeddings]:
+        """The rows whose images got vectors, and the vectors. An image whose pixels the model cannot decode
+        is a dead letter, and the others are embedded again without it: the fetch checks only what is cheap."""
+        while True:
+            try:
+                return list(usable), self.cache.embed_images(vector.embedder, list(usable.values()))
+            except UndecodableImageError as error:
+                bad = [row for row, data in usable.items() if data == error.image]
+                if not bad:
+                    raise
+                for row in bad:
+                    self._dead_letter(documents[row], "image", 0, f"{vector.column}: {error}")
+                    del usable[row]
 
     def _attach_chunks(
         self, documents: list[RowDocument], rows: list[int], values: list[Any], vector: VectorField, chunk: ChunkConfig

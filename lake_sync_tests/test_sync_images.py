@@ -14,7 +14,7 @@ from lake_sync.index.dead_letters import read_dead_letters
 from lake_sync.search import search
 from lake_sync.sync import SyncMode, run_sync
 from lake_sync_tests.conftest import TaskFileFactory, commit_rows, write_paimon_table
-from lake_sync_tests.embed.conftest import write_tiny_clip
+from lake_sync_tests.embed.conftest import jpeg_with_broken_scan, write_tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,27 @@ def test_image_sync_fetching_a_batch_ahead_keeps_every_image_with_its_own_row_ac
     for sku, image in zip(skus, images, strict=True):
         if sku not in missing:
             assert search(tasks, "items", image=Path(image).read_bytes(), k=1)[0].id == sku
+
+
+def test_image_sync_dead_letters_an_image_only_the_model_finds_undecodable_and_embeds_the_rest(
+    es: Elasticsearch, tmp_path: Path, warehouse: str, index_name: str, task_file: TaskFileFactory, clip_dir: Path
+) -> None:
+    # The fetch checks headers and length only; this JPEG's broken Huffman table shows when the model decodes it.
+    broken = tmp_path / "broken-scan.jpg"
+    broken.write_bytes(jpeg_with_broken_scan())
+    skus = ["red", "broken", "blue"]
+    images = [_png(tmp_path / "red.png", (255, 0, 0)), str(broken), _png(tmp_path / "blue.png", (0, 0, 255))]
+    write_paimon_table(warehouse, "db.items", pa.table({"sku": skus, "image": images}))
+    transforms = [{"field": "image", "embed": "image", "model": f"clip:{clip_dir}", "to": "image_vec"}]
+
+    result = run_sync(task_file(primary_key="sku", transforms=transforms), "items", mode=SyncMode.FULL)
+
+    es.indices.refresh(index=index_name)
+    documents = {hit["_id"]: hit["_source"] for hit in es.search(index=index_name, size=10)["hits"]["hits"]}
+    assert sorted(documents) == ["blue", "broken", "red"]
+    assert "image_vec" not in documents["broken"]
+    assert len(documents["red"]["image_vec"]) == len(documents["blue"]["image_vec"]) == 16
+    (letter,) = read_dead_letters(Path(result.dead_letter_path))
+    assert (letter["id"], letter["stage"]) == ("broken", "image")
+    assert "not a decodable image (broken data stream" in letter["reason"]
+    assert result.inputs_embedded == 2

@@ -24,7 +24,7 @@ import numpy as np
 
 from lake_sync.embed.base import Embedder
 from lake_sync.embed.limits import TokenizerTokens
-from lake_sync.errors import EmbedError
+from lake_sync.errors import EmbedError, UndecodableImageError
 
 #: `model_type` values of config.json whose models have both `get_image_features` and `get_text_features`.
 SUPPORTED_MODEL_TYPES = frozenset({"clip", "siglip", "siglip2"})
@@ -77,7 +77,7 @@ class ClipEmbedder(Embedder):
         return self._features(loaded.model.get_text_features, inputs)
 
     def _embed_images(self, images: list[bytes]) -> np.ndarray:
-        decoded = [_decode(data, index) for index, data in enumerate(images)]
+        decoded = [_decode(data) for data in images]
         inputs = self._loaded.processor.image_processor(decoded, return_tensors="pt")
         return self._features(self._loaded.model.get_image_features, inputs)
 
@@ -92,14 +92,14 @@ class ClipEmbedder(Embedder):
         return features.numpy()
 
 
-def _decode(data: bytes, index: int) -> Any:
+def _decode(data: bytes) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise EmbedError(f"image {index} of the batch is not decodable: {error}") from error
+        raise UndecodableImageError(data, str(error) or type(error).__name__) from error
 
 
 def _model_folder(path: str) -> Path:

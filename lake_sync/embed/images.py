@@ -1,6 +1,6 @@
 """Image inputs for an image column: each value (a location or the bytes) to verified encoded bytes or a reason.
 
-values → ≤ max_in_flight reads (file, S3/OSS, HTTP; capped at max_bytes) → Pillow check → ImageResult per value
+values → ≤ max_in_flight reads (file, S3/OSS, HTTP; capped at max_bytes) → Pillow header check → ImageResult per value
 
 A value may be a local path, a `file://`, `s3://bucket/key`, `oss://bucket/key` or `http(s)://` URL, or the
 encoded image itself (a binary column). A value that cannot be used becomes an `ImageResult` with an error,
@@ -35,6 +35,9 @@ _READ_CHUNK = 1 << 16
 _USER_AGENT = "lake-sync"
 # Errors Pillow raises on bad input: truncated streams, broken chunks, corrupt headers.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+_JPEG_END = b"\xff\xd9"
+# Some writers pad a JPEG after its end-of-image marker; look for it among the last bytes.
+_JPEG_END_WINDOW = 64
 
 
 @dataclass(frozen=True)
@@ -245,20 +248,41 @@ def _read_capped(stream: Any, max_bytes: int) -> bytes:
 
 
 def _undecodable_reason(data: bytes) -> str | None:
-    """Why Pillow cannot decode `data`, or None; the decoded pixels are not kept."""
+    """Why `data` is not an image Pillow can open, or None: the cheap checks of format, headers and length.
+
+    A JPEG's scan data is not decoded here (that costs most of a full decode, and a local model decodes
+    it anyway): embedders report images whose pixels do not decode (`UndecodableImageError`).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             image_format = image.format
             image.verify()
-        if image_format == "JPEG":
-            # verify() skips JPEG scan data; a 1/8-scale draft decode reads all of it, cheaply.
-            with Image.open(io.BytesIO(data)) as image:
-                image.draft("RGB", (1, 1))
-                image.load()
+        # A cut-off download keeps a valid header; the end-of-image marker is then missing.
+        if image_format == "JPEG" and _JPEG_END not in data[-_JPEG_END_WINDOW:]:
+            return "JPEG data ends before its end-of-image marker: truncated"
     except UnidentifiedImageError:
         return "cannot identify image file"
+    except Image.DecompressionBombError as error:
+        return str(error)
+    except _DECODE_ERRORS as error:
+        return str(error) or type(error).__name__
+    return None
+
+
+def undecodable_pixels(data: bytes) -> str | None:
+    """Why the pixel data of an image that passed the fetch checks does not decode, or None.
+
+    For embedders that send images away: a provider refuses a whole batch for one such image.
+    A JPEG is decoded at 1/8 scale, which reads all of its scan data at a fraction of the cost.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (1, 1))
+            image.load()
     except Image.DecompressionBombError as error:
         return str(error)
     except _DECODE_ERRORS as error:

@@ -26,7 +26,8 @@ import numpy as np
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from lake_sync.embed.base import Embedder
-from lake_sync.errors import EmbedError
+from lake_sync.embed.images import undecodable_pixels
+from lake_sync.errors import EmbedError, UndecodableImageError
 
 if TYPE_CHECKING:
     from lake_sync.config import AISearchConnection, OpenAIConnection
@@ -270,7 +271,13 @@ def _decode(embedding: Any, index: int, fail: Callable[[str], EmbedError]) -> np
 
 
 def image_data_uri(image: bytes) -> str:
-    """An encoded image as a `data:` URI, its media type sniffed from the magic bytes."""
+    """An encoded image as a `data:` URI, its media type sniffed from the magic bytes.
+
+    Raises UndecodableImageError for an image whose pixels do not decode, before any request.
+    """
+    problem = undecodable_pixels(image)
+    if problem is not None:
+        raise UndecodableImageError(image, problem)
     return f"data:{_media_type(image)};base64,{base64.b64encode(image).decode('ascii')}"
 
 

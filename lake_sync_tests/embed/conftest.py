@@ -8,6 +8,7 @@ the vectors mean nothing, but loading, preprocessing, dims and normalisation are
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -59,3 +60,26 @@ def write_tiny_clip(folder: Path, *, seed: int = 0) -> Path:
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CLIP checkpoint folder, usable as `clip:<folder>`."""
     return write_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+def png_bytes(colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (8, 8)) -> bytes:
+    """A small real PNG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def jpeg_with_broken_scan() -> bytes:
+    """A JPEG that opens, verifies and ends with its end-of-image marker, but whose Huffman table is bogus:
+    only decoding its pixels finds that out (Pillow: "broken data stream")."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.effect_noise((32, 32), 50).convert("RGB").save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    table = data.index(b"\xff\xc4")
+    # Marker, length (2 bytes) and class/id byte, then the 16 code counts: all 255 cannot form a table.
+    data[table + 5 : table + 21] = b"\xff" * 16
+    return bytes(data)

@@ -17,10 +17,11 @@ from lake_sync.embed import build_embedder
 from lake_sync.embed.aisearch import AISearchEmbedder
 from lake_sync.errors import EmbedError
 from lake_sync_tests.embed.aisearch_server import AISearchServer, vector_for
+from lake_sync_tests.embed.conftest import png_bytes
 
 TEXT_SERVICE = "ops-text-embedding-002"
 API_KEY = "OS-secret-api-key-123456"
-PNG = b"\x89PNG\r\n\x1a\n" + b"pixels"
+PNG = png_bytes()
 
 
 @contextmanager

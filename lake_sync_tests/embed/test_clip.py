@@ -16,8 +16,13 @@ from PIL import Image
 
 from lake_sync.embed import build_embedder
 from lake_sync.embed.clip import ClipEmbedder
-from lake_sync.errors import EmbedError
-from lake_sync_tests.embed.conftest import TINY_CLIP_DIMS, TINY_CLIP_MAX_TEXT_TOKENS, write_tiny_clip
+from lake_sync.errors import EmbedError, UndecodableImageError
+from lake_sync_tests.embed.conftest import (
+    TINY_CLIP_DIMS,
+    TINY_CLIP_MAX_TEXT_TOKENS,
+    jpeg_with_broken_scan,
+    write_tiny_clip,
+)
 
 
 def encoded(color: tuple[int, int, int], *, size: tuple[int, int] = (48, 40), image_format: str = "PNG") -> bytes:
@@ -141,8 +146,11 @@ def test_clip_embedder_rejects_a_text_only_model_folder(tmp_path: Path) -> None:
         ClipEmbedder(str(tmp_path))
 
 
-def test_clip_embedder_reports_an_undecodable_image(tiny_clip_dir: Path) -> None:
+def test_clip_embedder_reports_which_image_does_not_decode(tiny_clip_dir: Path) -> None:
     embedder = ClipEmbedder(str(tiny_clip_dir))
+    broken = jpeg_with_broken_scan()
 
-    with pytest.raises(EmbedError, match="image 1 of the batch is not decodable"):
-        embedder.embed_images([encoded((0, 0, 0)), b"not an image"])
+    with pytest.raises(UndecodableImageError, match="not a decodable image") as raised:
+        embedder.embed_images([encoded((0, 0, 0)), broken])
+
+    assert raised.value.image == broken

@@ -25,12 +25,13 @@ from lake_sync.config import OpenAIConnection
 from lake_sync.embed import build_embedder
 from lake_sync.embed.hashing import HashingEmbedder
 from lake_sync.embed.openai_compatible import OpenAIEmbedder
-from lake_sync.errors import EmbedError
+from lake_sync.errors import EmbedError, UndecodableImageError
 from lake_sync.local.model_server import ModelServer, running_model_server
+from lake_sync_tests.embed.conftest import jpeg_with_broken_scan, png_bytes
 
 MODEL = "hash-8"
 API_KEY = "sk-test-secret-0123456789"
-PNG = b"\x89PNG\r\n\x1a\n" + b"pixels"
+PNG = png_bytes()
 NAN_BASE64 = base64.b64encode(np.full(8, np.nan, dtype="<f4").tobytes()).decode()
 
 
@@ -255,6 +256,19 @@ def test_openai_sends_images_with_an_image_modality_when_configured() -> None:
     (body,) = server.bodies
     assert body["modality"] == "image"
     assert body["input"][0].startswith("data:image/png;base64,")
+
+
+def test_openai_refuses_an_image_whose_pixels_do_not_decode_before_any_request() -> None:
+    broken = jpeg_with_broken_scan()
+    with (
+        RecordingServer() as server,
+        embedder_for(server.base_url, name="mm", dims={"mm": 8}, image_input="object") as embedder,
+        pytest.raises(UndecodableImageError, match="broken data stream") as raised,
+    ):
+        embedder.embed_images([PNG, broken])
+
+    assert raised.value.image == broken
+    assert server.bodies == []
 
 
 def test_openai_connection_without_image_input_refuses_images_without_a_request() -> None:

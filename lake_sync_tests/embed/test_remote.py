@@ -6,12 +6,14 @@ The HTTP paths through it are covered in test_aisearch.py and test_openai_compat
 from __future__ import annotations
 
 import base64
+import io
 import threading
 import time
 from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lake_sync.embed.remote import (
     RateLimiter,
@@ -152,17 +154,24 @@ def test_vectors_of_different_lengths_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("image", "media_type"),
+    ("image_format", "media_type"),
     [
-        (b"\x89PNG\r\n\x1a\nrest", "image/png"),
-        (b"\xff\xd8\xff\xe0rest", "image/jpeg"),
-        (b"GIF89arest", "image/gif"),
-        (b"RIFF\x00\x00\x00\x00WEBPrest", "image/webp"),
-        (b"unknown", "application/octet-stream"),
+        ("PNG", "image/png"),
+        ("JPEG", "image/jpeg"),
+        ("GIF", "image/gif"),
+        ("WEBP", "image/webp"),
+        ("BMP", "image/bmp"),
+        # A format Pillow reads but the magic-byte sniffing does not name.
+        ("TIFF", "application/octet-stream"),
     ],
 )
-def test_images_are_sent_as_data_uris_with_their_media_type(image: bytes, media_type: str) -> None:
+def test_images_are_sent_as_data_uris_with_their_media_type(image_format: str, media_type: str) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(buffer, image_format)
+    image = buffer.getvalue()
+
     uri = image_data_uri(image)
+
     assert uri.startswith(f"data:{media_type};base64,")
     assert base64.b64decode(uri.split(",", 1)[1]) == image
 
