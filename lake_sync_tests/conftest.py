@@ -19,6 +19,7 @@ from elasticsearch import Elasticsearch
 from lake_sync.config import TaskFile, parse_task_file
 from lake_sync.index.aliases import physical_indexes
 from lake_sync.local.search_server import start_search_server
+from lake_sync_tests.s3_server import S3Server, running_s3_server
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,13 @@ def index_name(es: Elasticsearch) -> Iterator[str]:
     yield name
     for index in [*physical_indexes(es, name), name]:
         es.options(ignore_status=404).indices.delete(index=index)
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    """A real local S3 server (moto on 127.0.0.1, port 0) for a module's tests; each test makes its own bucket."""
+    with running_s3_server() as server:
+        yield server
 
 
 @pytest.fixture

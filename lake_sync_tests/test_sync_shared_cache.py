@@ -6,7 +6,6 @@ machine A: run_sync → model → SQLite A → segment in s3://bucket/team/embed
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,13 @@ from lake_sync.config import TaskFile, parse_task_file
 from lake_sync.errors import CacheError, TargetError
 from lake_sync.sync import SyncMode, run_sync
 from lake_sync_tests.fault_proxy import FaultProxy
-from lake_sync_tests.s3_server import S3_SECRET, S3Server, running_s3_server
+from lake_sync_tests.s3_server import S3_SECRET, S3Server
 from lake_sync_tests.test_sync import VECTOR, full_error_text, indexed, items, pk_table
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
-
-
 @pytest.fixture
-def location(s3: S3Server) -> str:
-    return f"s3://{s3.new_bucket()}/team/embeddings"
+def location(s3_server: S3Server) -> str:
+    return f"s3://{s3_server.new_bucket()}/team/embeddings"
 
 
 def machine(
@@ -58,10 +51,10 @@ def machine(
 
 
 def test_second_machine_first_full_sync_of_an_unchanged_table_makes_no_model_call(
-    es: Elasticsearch, es_url: str, warehouse: str, index_name: str, tmp_path: Path, s3: S3Server, location: str
+    es: Elasticsearch, es_url: str, warehouse: str, index_name: str, tmp_path: Path, s3_server: S3Server, location: str
 ) -> None:
     pk_table(warehouse, items(range(40)))
-    shared = {"location": location, "s3": s3.options}
+    shared = {"location": location, "s3": s3_server.options}
     first = run_sync(machine("a", tmp_path, warehouse, es_url, index_name, shared), "items", mode=SyncMode.FULL)
     vectors_a = {key: doc["description_vec"] for key, doc in indexed(es, index_name).items()}
 
@@ -74,10 +67,10 @@ def test_second_machine_first_full_sync_of_an_unchanged_table_makes_no_model_cal
 
 
 def test_a_failed_index_write_still_shares_the_vectors_it_embedded(
-    es_url: str, warehouse: str, index_name: str, tmp_path: Path, s3: S3Server, location: str
+    es_url: str, warehouse: str, index_name: str, tmp_path: Path, s3_server: S3Server, location: str
 ) -> None:
     pk_table(warehouse, items(range(10)))
-    shared = {"location": location, "s3": s3.options}
+    shared = {"location": location, "s3": s3_server.options}
     with FaultProxy(es_url, go_dark_at_bulk=1) as proxy:
         broken = machine("a", tmp_path, warehouse, proxy.url, index_name, shared, bulk={"max_retries": 0})
         with pytest.raises(TargetError):
@@ -89,16 +82,16 @@ def test_a_failed_index_write_still_shares_the_vectors_it_embedded(
 
 
 def test_a_foreign_segment_is_reported_in_the_sync_result_and_the_sync_completes(
-    es: Elasticsearch, es_url: str, warehouse: str, index_name: str, tmp_path: Path, s3: S3Server, location: str
+    es: Elasticsearch, es_url: str, warehouse: str, index_name: str, tmp_path: Path, s3_server: S3Server, location: str
 ) -> None:
     pk_table(warehouse, items(range(5)))
     bucket, _, prefix = location.removeprefix("s3://").partition("/")
-    s3.client().put_object(
+    s3_server.client().put_object(
         Bucket=bucket, Key=f"{prefix}/segments/notes.txt", Body=b"notes about this cache, not vectors"
     )
 
     result = run_sync(
-        machine("a", tmp_path, warehouse, es_url, index_name, {"location": location, "s3": s3.options}),
+        machine("a", tmp_path, warehouse, es_url, index_name, {"location": location, "s3": s3_server.options}),
         "items",
         mode=SyncMode.FULL,
     )
@@ -111,10 +104,10 @@ def test_a_foreign_segment_is_reported_in_the_sync_result_and_the_sync_completes
 
 
 def test_an_unreachable_cache_location_fails_the_sync_naming_the_field_before_any_index_is_created(
-    es: Elasticsearch, es_url: str, warehouse: str, index_name: str, tmp_path: Path, s3: S3Server
+    es: Elasticsearch, es_url: str, warehouse: str, index_name: str, tmp_path: Path, s3_server: S3Server
 ) -> None:
     pk_table(warehouse, items(range(5)))
-    unreachable = {"location": "s3://bucket/x", "s3": {**s3.options, "endpoint_url": "http://127.0.0.1:9"}}
+    unreachable = {"location": "s3://bucket/x", "s3": {**s3_server.options, "endpoint_url": "http://127.0.0.1:9"}}
 
     with pytest.raises(CacheError, match=r"^embedding_cache.location s3://bucket/x: cannot reach") as raised:
         run_sync(machine("a", tmp_path, warehouse, es_url, index_name, unreachable), "items", mode=SyncMode.FULL)

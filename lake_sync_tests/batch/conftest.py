@@ -21,6 +21,7 @@ from lake_sync.batch.ingest import IngestResult, run_ingest
 from lake_sync.batch.request import parse_request
 from lake_sync.index.dead_letters import DeadLetterFile, read_dead_letters
 from lake_sync.local.model_server import ModelServer, running_model_server
+from lake_sync_tests.s3_server import S3Server
 
 S3_CREDENTIAL = {"region": "us-east-1", "access_key": "testing", "secret_key": "testing"}
 
@@ -107,16 +108,8 @@ def documents(es: Elasticsearch, index: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+def s3_url(s3_server: S3Server) -> str:
+    return s3_server.endpoint_url
 
 
 @pytest.fixture

@@ -9,18 +9,17 @@ import io
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import boto3
 import pytest
 from PIL import Image
 
 from lake_sync.embed.images import ImageFetcher, ImageResult
 from lake_sync.errors import ConfigError
+from lake_sync_tests.s3_server import S3Server
 
 SLOW_RESPONSE_S = 0.05
 
@@ -122,29 +121,14 @@ class S3Images:
 
 
 @pytest.fixture(scope="module")
-def s3_images() -> Iterator[S3Images]:
-    """A moto S3 server on 127.0.0.1:0 with one bucket holding `a.png` and `b.jpg`."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        options = {
-            "endpoint_url": f"http://{host}:{port}",
-            "aws_access_key_id": "test-key",
-            "aws_secret_access_key": "test-secret-do-not-print",
-            "region_name": "us-east-1",
-        }
-        bucket = f"images-{uuid.uuid4().hex[:8]}"
-        client = boto3.client("s3", **options)
-        client.create_bucket(Bucket=bucket)
-        client.put_object(Bucket=bucket, Key="a.png", Body=PNG)
-        client.put_object(Bucket=bucket, Key="dir/b.jpg", Body=JPEG)
-        client.put_object(Bucket=bucket, Key="big.png", Body=noisy("PNG"))
-        yield S3Images(options, bucket)
-    finally:
-        server.stop()
+def s3_images(s3_server: S3Server) -> S3Images:
+    """A bucket of the local S3 server holding `a.png`, `dir/b.jpg` and `big.png`."""
+    bucket = s3_server.new_bucket()
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="a.png", Body=PNG)
+    client.put_object(Bucket=bucket, Key="dir/b.jpg", Body=JPEG)
+    client.put_object(Bucket=bucket, Key="big.png", Body=noisy("PNG"))
+    return S3Images(s3_server.options, bucket)
 
 
 # --- local files and bytes --------------------------------------------------------------------------

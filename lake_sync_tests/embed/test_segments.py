@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import sqlite3
 import threading
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -26,36 +25,30 @@ from lake_sync.embed.cache import EmbeddingCache
 from lake_sync.embed.hashing import HashingEmbedder
 from lake_sync.embed.segments import SegmentStore, SegmentWriter, open_segment_store, read_segment
 from lake_sync.errors import CacheError, ConfigError
-from lake_sync_tests.s3_server import S3_SECRET, S3Server, running_s3_server
+from lake_sync_tests.s3_server import S3_SECRET, S3Server
 
 TEXTS = [f"waterproof hiking boot {number}" for number in range(30)]
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
-
-
 @pytest.fixture
-def location(s3: S3Server) -> str:
-    return f"s3://{s3.new_bucket()}/team/embeddings"
+def location(s3_server: S3Server) -> str:
+    return f"s3://{s3_server.new_bucket()}/team/embeddings"
 
 
-def machine(tmp_path: Path, name: str, s3: S3Server, location: str) -> EmbeddingCache:
+def machine(tmp_path: Path, name: str, s3_server: S3Server, location: str) -> EmbeddingCache:
     """The cache of one machine: its own state dir, the shared location."""
-    return EmbeddingCache(tmp_path / name / "embeddings.sqlite", shared=SegmentStore(location, s3.options))
+    return EmbeddingCache(tmp_path / name / "embeddings.sqlite", shared=SegmentStore(location, s3_server.options))
 
 
-def segment_names(s3: S3Server, location: str) -> list[str]:
+def segment_names(s3_server: S3Server, location: str) -> list[str]:
     bucket, _, prefix = location.removeprefix("s3://").partition("/")
-    listing = s3.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/segments/")
+    listing = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/segments/")
     return [item["Key"].rpartition("/")[2] for item in listing.get("Contents", [])]
 
 
-def put_segment(s3: S3Server, location: str, name: str, body: bytes) -> None:
+def put_segment(s3_server: S3Server, location: str, name: str, body: bytes) -> None:
     bucket, _, prefix = location.removeprefix("s3://").partition("/")
-    s3.client().put_object(Bucket=bucket, Key=f"{prefix}/segments/{name}", Body=body)
+    s3_server.client().put_object(Bucket=bucket, Key=f"{prefix}/segments/{name}", Body=body)
 
 
 def segment_bytes(tmp_path: Path, *batches: list[tuple[bytes, int, bytes]]) -> bytes:
@@ -89,39 +82,39 @@ def test_segment_file_gives_back_its_rows_one_record_batch_at_a_time(tmp_path: P
 
 
 def test_second_machine_gets_every_vector_the_first_exported_without_a_model_call(
-    tmp_path: Path, s3: S3Server, location: str
+    tmp_path: Path, s3_server: S3Server, location: str
 ) -> None:
     model_a, model_b = HashingEmbedder(8), HashingEmbedder(8)
-    with machine(tmp_path, "a", s3, location) as cache_a:
+    with machine(tmp_path, "a", s3_server, location) as cache_a:
         expected = cache_a.embed_texts(model_a, TEXTS).vectors
-    with machine(tmp_path, "b", s3, location) as cache_b:
+    with machine(tmp_path, "b", s3_server, location) as cache_b:
         result = cache_b.embed_texts(model_b, TEXTS)
 
     assert (cache_a.exported, cache_b.imported) == (30, 30)
     assert (result.hits, model_b.calls) == (30, 0)
     assert np.array_equal(result.vectors, expected)
-    assert len(segment_names(s3, location)) == 1
+    assert len(segment_names(s3_server, location)) == 1
 
 
-def test_cache_imports_each_segment_once_and_never_its_own(tmp_path: Path, s3: S3Server, location: str) -> None:
-    with machine(tmp_path, "a", s3, location) as cache_a:
+def test_cache_imports_each_segment_once_and_never_its_own(tmp_path: Path, s3_server: S3Server, location: str) -> None:
+    with machine(tmp_path, "a", s3_server, location) as cache_a:
         cache_a.embed_texts(HashingEmbedder(8), TEXTS)
-    with machine(tmp_path, "b", s3, location):
+    with machine(tmp_path, "b", s3_server, location):
         pass
 
-    again_a, again_b = machine(tmp_path, "a", s3, location), machine(tmp_path, "b", s3, location)
+    again_a, again_b = machine(tmp_path, "a", s3_server, location), machine(tmp_path, "b", s3_server, location)
     with again_a, again_b:
         pass
 
     assert (again_a.imported, again_b.imported) == (0, 0)
     assert (again_a.exported, again_b.exported) == (0, 0)
-    assert len(segment_names(s3, location)) == 1
+    assert len(segment_names(s3_server, location)) == 1
 
 
 def test_concurrent_exports_write_separate_segments_and_lose_no_vector(
-    tmp_path: Path, s3: S3Server, location: str
+    tmp_path: Path, s3_server: S3Server, location: str
 ) -> None:
-    caches = [machine(tmp_path, name, s3, location) for name in ("a", "b")]
+    caches = [machine(tmp_path, name, s3_server, location) for name in ("a", "b")]
     caches[0].embed_texts(HashingEmbedder(8), TEXTS[:20])
     caches[1].embed_texts(HashingEmbedder(8), TEXTS[10:])
     start = threading.Barrier(2)
@@ -136,72 +129,72 @@ def test_concurrent_exports_write_separate_segments_and_lose_no_vector(
     for thread in threads:
         thread.join()
     model = HashingEmbedder(8)
-    with machine(tmp_path, "c", s3, location) as cache_c:
+    with machine(tmp_path, "c", s3_server, location) as cache_c:
         result = cache_c.embed_texts(model, TEXTS)
 
-    assert len(segment_names(s3, location)) == 2
+    assert len(segment_names(s3_server, location)) == 2
     assert [cache.exported for cache in caches] == [20, 20]
     assert (cache_c.imported, result.hits, model.calls) == (30, 30, 0)
 
 
 def test_leaving_the_cache_after_a_failure_still_exports_what_was_embedded(
-    tmp_path: Path, s3: S3Server, location: str
+    tmp_path: Path, s3_server: S3Server, location: str
 ) -> None:
-    cache_a = machine(tmp_path, "a", s3, location)
+    cache_a = machine(tmp_path, "a", s3_server, location)
     with pytest.raises(RuntimeError, match="index write failed"), cache_a:
         cache_a.embed_texts(HashingEmbedder(8), TEXTS)
         raise RuntimeError("index write failed")
 
     assert cache_a.exported == 30
-    with machine(tmp_path, "b", s3, location) as cache_b:
+    with machine(tmp_path, "b", s3_server, location) as cache_b:
         assert cache_b.embed_texts(HashingEmbedder(8), TEXTS).hits == 30
 
 
 def test_a_large_export_is_cut_into_bounded_segments(
-    tmp_path: Path, s3: S3Server, location: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, s3_server: S3Server, location: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(segments, "SEGMENT_BATCH_ROWS", 10)
     monkeypatch.setattr(segments, "SEGMENT_MAX_BYTES", 1000)  # 4 batches of 10 × 32-byte vectors
     texts = [f"text {number}" for number in range(100)]
-    with machine(tmp_path, "a", s3, location) as cache_a:
+    with machine(tmp_path, "a", s3_server, location) as cache_a:
         cache_a.embed_texts(HashingEmbedder(8), texts)
-    with machine(tmp_path, "b", s3, location) as cache_b:
+    with machine(tmp_path, "b", s3_server, location) as cache_b:
         hits = cache_b.embed_texts(HashingEmbedder(8), texts).hits
 
-    assert len(segment_names(s3, location)) == 3  # 40 + 40 + 20 vectors
+    assert len(segment_names(s3_server, location)) == 3  # 40 + 40 + 20 vectors
     assert (cache_a.exported, cache_b.imported, hits) == (100, 100, 100)
 
 
 def test_vectors_cached_before_sharing_was_configured_go_out_with_the_first_shared_run(
-    tmp_path: Path, s3: S3Server, location: str
+    tmp_path: Path, s3_server: S3Server, location: str
 ) -> None:
     local_only = EmbeddingCache(tmp_path / "a" / "embeddings.sqlite")
     local_only.embed_texts(HashingEmbedder(8), TEXTS)
     local_only.close()
 
-    with machine(tmp_path, "a", s3, location) as cache_a:
+    with machine(tmp_path, "a", s3_server, location) as cache_a:
         pass
 
     assert cache_a.exported == 30
 
 
 def test_a_failed_upload_keeps_the_vectors_waiting_and_a_later_run_uploads_them(
-    tmp_path: Path, s3: S3Server, location: str
+    tmp_path: Path, s3_server: S3Server, location: str
 ) -> None:
     path = tmp_path / "a" / "embeddings.sqlite"
-    no_bucket = EmbeddingCache(path, shared=SegmentStore("s3://no-such-bucket-here/x", s3.options))
+    no_bucket = EmbeddingCache(path, shared=SegmentStore("s3://no-such-bucket-here/x", s3_server.options))
     no_bucket.embed_texts(HashingEmbedder(8), TEXTS)
     failed = no_bucket.export_shared()
     no_bucket.close()
 
-    with EmbeddingCache(path, shared=SegmentStore(location, s3.options)) as fixed:
+    with EmbeddingCache(path, shared=SegmentStore(location, s3_server.options)) as fixed:
         pass
 
     assert failed == 0
     assert len(no_bucket.problems) == 1
     assert no_bucket.problems[0].startswith(
         "uploading to s3://no-such-bucket-here/x failed, 30 vectors wait for the next run: "
-        f"embedding_cache.location: bucket 'no-such-bucket-here' does not exist at {s3.endpoint_url}"
+        f"embedding_cache.location: bucket 'no-such-bucket-here' does not exist at {s3_server.endpoint_url}"
     )
     assert fixed.exported == 30
 
@@ -210,27 +203,33 @@ def test_a_failed_upload_keeps_the_vectors_waiting_and_a_later_run_uploads_them(
 
 
 def test_corrupt_foreign_and_malformed_segments_are_skipped_whole_and_reported_on_every_run(
-    tmp_path: Path, s3: S3Server, location: str
+    tmp_path: Path, s3_server: S3Server, location: str
 ) -> None:
-    with machine(tmp_path, "a", s3, location) as cache_a:
+    with machine(tmp_path, "a", s3_server, location) as cache_a:
         cache_a.embed_texts(HashingEmbedder(8), TEXTS)
     good_key, bad_key, nan_key = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
     vector = np.ones(8, "<f4").tobytes()
     foreign = io.BytesIO()
     with pa.ipc.new_file(foreign, pa.schema([("id", pa.int64())])) as writer:
         writer.write_batch(pa.record_batch([pa.array([1, 2])], names=["id"]))
-    put_segment(s3, location, "corrupt.arrow", b"ARROW1\x00\x00 definitely not a segment")
-    put_segment(s3, location, "foreign.arrow", foreign.getvalue())
+    put_segment(s3_server, location, "corrupt.arrow", b"ARROW1\x00\x00 definitely not a segment")
+    put_segment(s3_server, location, "foreign.arrow", foreign.getvalue())
     put_segment(
-        s3, location, "short.arrow", segment_bytes(tmp_path, [(good_key, 8, vector)], [(bad_key, 8, vector[:28])])
+        s3_server,
+        location,
+        "short.arrow",
+        segment_bytes(tmp_path, [(good_key, 8, vector)], [(bad_key, 8, vector[:28])]),
     )
     put_segment(
-        s3, location, "nan.arrow", segment_bytes(tmp_path, [(nan_key, 2, np.array([1, np.nan], "<f4").tobytes())])
+        s3_server,
+        location,
+        "nan.arrow",
+        segment_bytes(tmp_path, [(nan_key, 2, np.array([1, np.nan], "<f4").tobytes())]),
     )
 
-    with machine(tmp_path, "b", s3, location) as cache_b:
+    with machine(tmp_path, "b", s3_server, location) as cache_b:
         hits = cache_b.embed_texts(HashingEmbedder(8), TEXTS).hits
-    again = machine(tmp_path, "b", s3, location)
+    again = machine(tmp_path, "b", s3_server, location)
     with again:
         pass
 
@@ -279,7 +278,11 @@ def test_corrupt_foreign_and_malformed_segments_are_skipped_whole_and_reported_o
             {},
             "embedding_cache.s3: give both aws_access_key_id and aws_secret_access_key, or neither",
         ),
-        ({"location": "oss://bucket/x"}, {}, "embedding_cache.s3.endpoint_url: oss:// locations need the OSS endpoint"),
+        (
+            {"location": "oss://bucket/x"},
+            {},
+            "embedding_cache.s3.endpoint_url: oss:// locations need the OSS endpoint",
+        ),
     ],
 )
 def test_embedding_cache_settings_that_cannot_work_are_config_errors_naming_the_field(
@@ -292,13 +295,13 @@ def test_embedding_cache_settings_that_cannot_work_are_config_errors_naming_the_
 
 
 def test_endpoint_and_keys_come_from_the_paimon_connection_unless_embedding_cache_s3_overrides_them(
-    tmp_path: Path, s3: S3Server, location: str
+    tmp_path: Path, s3_server: S3Server, location: str
 ) -> None:
     lake = {
         "type": "paimon",
         "warehouse": location.rpartition("/")[0] + "/warehouse",
         "options": {
-            "fs.s3.endpoint": s3.endpoint_url,
+            "fs.s3.endpoint": s3_server.endpoint_url,
             "fs.s3.accessKeyId": "lake-key",
             "fs.s3.accessKeySecret": S3_SECRET,
             "fs.s3.region": "us-east-1",
@@ -322,7 +325,7 @@ def test_endpoint_and_keys_come_from_the_paimon_connection_unless_embedding_cach
     )
 
     assert task_file.embedding_cache_options() == {
-        "endpoint_url": s3.endpoint_url,
+        "endpoint_url": s3_server.endpoint_url,
         "aws_access_key_id": "cache-key",
         "aws_secret_access_key": "k",
         "region_name": "us-east-1",
@@ -331,7 +334,7 @@ def test_endpoint_and_keys_come_from_the_paimon_connection_unless_embedding_cach
     store = open_segment_store(task_file_with({"location": location, "connection": "lake"}, lake=lake))
     with EmbeddingCache(tmp_path / "a.sqlite", shared=store) as cache:
         cache.embed_texts(HashingEmbedder(8), TEXTS)
-    assert cache.exported == 30 and len(segment_names(s3, location)) == 1
+    assert cache.exported == 30 and len(segment_names(s3_server, location)) == 1
 
 
 def test_a_location_without_credentials_fails_before_any_request_naming_the_fields_to_set(
@@ -364,9 +367,9 @@ def test_a_location_without_credentials_fails_before_any_request_naming_the_fiel
 
 
 def test_an_unreachable_location_fails_naming_the_location_and_endpoint_but_not_the_secret(
-    tmp_path: Path, s3: S3Server
+    tmp_path: Path, s3_server: S3Server
 ) -> None:
-    options = {**s3.options, "endpoint_url": "http://127.0.0.1:9"}  # the discard port: nothing listens
+    options = {**s3_server.options, "endpoint_url": "http://127.0.0.1:9"}  # the discard port: nothing listens
     cache = EmbeddingCache(tmp_path / "a.sqlite", shared=SegmentStore("s3://bucket/x", options))
 
     with pytest.raises(CacheError) as raised, cache:
@@ -380,8 +383,8 @@ def test_an_unreachable_location_fails_naming_the_location_and_endpoint_but_not_
     assert S3_SECRET not in str(raised.value) and raised.value.__cause__ is None
 
 
-def test_a_missing_bucket_is_a_config_error_naming_the_location(tmp_path: Path, s3: S3Server) -> None:
-    cache = EmbeddingCache(tmp_path / "a.sqlite", shared=SegmentStore("s3://no-such-bucket-here/x", s3.options))
+def test_a_missing_bucket_is_a_config_error_naming_the_location(tmp_path: Path, s3_server: S3Server) -> None:
+    cache = EmbeddingCache(tmp_path / "a.sqlite", shared=SegmentStore("s3://no-such-bucket-here/x", s3_server.options))
 
     with pytest.raises(ConfigError, match=r"^embedding_cache.location: bucket 'no-such-bucket-here' does not exist"):
         cache.import_shared()
