@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -141,24 +142,40 @@ def queued_line(process: subprocess.Popen[str]) -> str:
     return next(line for line in process.stdout if line.startswith("queued:"))
 
 
-def test_cli_ingest_beyond_the_cap_says_it_is_queued_then_both_complete(
-    workdir: Path, held: HeldBulks, es: Elasticsearch, index_name: str, tmp_path: Path
-) -> None:
-    home = dagster_home(tmp_path / "dagster_home")
+@contextmanager
+def one_running_one_queued(
+    workdir: Path, held: HeldBulks, home: Path
+) -> Iterator[tuple[subprocess.Popen[str], subprocess.Popen[str], str]]:
+    """Two CLI ingests under a cap of 1: the first holds the slot (its bulk request held by the proxy), the
+    second is queued; yields both processes and the second's "queued" line, and kills both afterwards."""
     first = start_cli("ingest", "request.json", "--tasks", "held.yaml", "--target", "slow", cwd=workdir, home=home)
     try:
         assert held.arrived.wait(timeout=60), "the first ingest never sent a bulk request"
         second = start_cli("ingest", "second.json", "--tasks", "held.yaml", "--target", "es", cwd=workdir, home=home)
         try:
-            waiting = queued_line(second)
-            written_while_queued = es.indices.exists(index=f"{index_name}-b")
-            held.release.set()
-            first_out, first_err = first.communicate(timeout=120)
-            second_out, second_err = second.communicate(timeout=120)
+            yield first, second, queued_line(second)
         finally:
             second.kill()
     finally:
         first.kill()
+
+
+def pool_slots_and_claims(home: Path) -> tuple[list[Any], list[Any]]:
+    """The ingest pool's claimed slots and pending claims in the instance at `home`."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        info = instance.event_log_storage.get_concurrency_info(INGEST_POOL)
+    return info.claimed_slots, info.pending_steps
+
+
+def test_cli_ingest_beyond_the_cap_says_it_is_queued_then_both_complete(
+    workdir: Path, held: HeldBulks, es: Elasticsearch, index_name: str, tmp_path: Path
+) -> None:
+    home = dagster_home(tmp_path / "dagster_home")
+    with one_running_one_queued(workdir, held, home) as (first, second, waiting):
+        written_while_queued = es.indices.exists(index=f"{index_name}-b")
+        held.release.set()
+        first_out, first_err = first.communicate(timeout=120)
+        second_out, second_err = second.communicate(timeout=120)
 
     assert first.returncode == 0, first_err
     assert second.returncode == 0, second_err
@@ -173,31 +190,20 @@ def test_cli_ingest_beyond_the_cap_says_it_is_queued_then_both_complete(
         assert es.count(index=index)["count"] == 10
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs(dg.RunsFilter(job_name=INGEST_JOB))
-        info = instance.event_log_storage.get_concurrency_info(INGEST_POOL)
     assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
-    assert (info.claimed_slots, info.pending_steps) == ([], [])
+    assert pool_slots_and_claims(home) == ([], [])
 
 
 def test_cli_ingest_interrupted_while_queued_exits_130_and_leaves_no_claim(
     workdir: Path, held: HeldBulks, es: Elasticsearch, index_name: str, tmp_path: Path
 ) -> None:
     home = dagster_home(tmp_path / "dagster_home")
-    first = start_cli("ingest", "request.json", "--tasks", "held.yaml", "--target", "slow", cwd=workdir, home=home)
-    try:
-        assert held.arrived.wait(timeout=60), "the first ingest never sent a bulk request"
-        second = start_cli("ingest", "second.json", "--tasks", "held.yaml", "--target", "es", cwd=workdir, home=home)
-        try:
-            queued_line(second)
-            second.send_signal(signal.SIGINT)
-            _, second_err = second.communicate(timeout=60)
-            with dg.DagsterInstance.from_config(str(home)) as instance:
-                waiting = instance.event_log_storage.get_concurrency_info(INGEST_POOL).pending_steps
-            held.release.set()
-            _, first_err = first.communicate(timeout=120)
-        finally:
-            second.kill()
-    finally:
-        first.kill()
+    with one_running_one_queued(workdir, held, home) as (first, second, _):
+        second.send_signal(signal.SIGINT)
+        _, second_err = second.communicate(timeout=60)
+        _, waiting = pool_slots_and_claims(home)
+        held.release.set()
+        _, first_err = first.communicate(timeout=120)
 
     assert second.returncode == 130 and "cancelled while queued: nothing was ingested" in second_err
     # Only the first ingest's own (assigned) claim is left: nothing waits to be handed the next slot.
@@ -206,8 +212,7 @@ def test_cli_ingest_interrupted_while_queued_exits_130_and_leaves_no_claim(
     assert not es.indices.exists(index=f"{index_name}-b")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert len(instance.get_runs(dg.RunsFilter(job_name=INGEST_JOB))) == 1
-        info = instance.event_log_storage.get_concurrency_info(INGEST_POOL)
-    assert (info.claimed_slots, info.pending_steps) == ([], [])
+    assert pool_slots_and_claims(home) == ([], [])
 
 
 def test_cli_ingest_interrupted_while_running_ends_cancelled_and_frees_its_slot(
@@ -228,6 +233,5 @@ def test_cli_ingest_interrupted_while_running_ends_cancelled_and_frees_its_slot(
     assert "│ CANCELLED" in out
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs(dg.RunsFilter(job_name=INGEST_JOB))
-        info = instance.event_log_storage.get_concurrency_info(INGEST_POOL)
     assert [run.status for run in runs] == [dg.DagsterRunStatus.CANCELED]
-    assert (info.claimed_slots, info.pending_steps) == ([], [])
+    assert pool_slots_and_claims(home) == ([], [])
