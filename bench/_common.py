@@ -32,8 +32,9 @@ DATABASE, TABLE = "shop", "products"
 
 
 @contextmanager
-def search_server() -> Iterator[str]:
-    """The URL of ES_URL's cluster, or of a fresh noida-db that is stopped (and its data removed) on exit."""
+def search_server(*, cpus: set[int] | None = None) -> Iterator[str]:
+    """The URL of ES_URL's cluster, or of a fresh noida-db that is stopped (and its data removed) on exit;
+    with `cpus`, the noida-db process runs on those CPUs only."""
     if os.environ.get("ES_URL"):
         yield os.environ["ES_URL"]
         return
@@ -42,9 +43,17 @@ def search_server() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="bench-noida-", dir=parent) as data_dir:
         server = start_search_server(Path(data_dir))
         try:
+            if cpus is not None:
+                pin_process(server.process.pid, cpus)
             yield server.url
         finally:
             server.stop()
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Run every thread of process `pid` on `cpus` only (Linux); threads it starts later inherit that."""
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(thread.name), cpus)
 
 
 def write_table(warehouse: Path, rows: int) -> None:

@@ -11,9 +11,13 @@
 (b) throughput: 20k documents (384-d) ingested from a local JSONL file into noida-db, against posting
     the same documents, pre-serialised into the same bulk bodies (500 per request, 2 in flight), to
     the same server; after one warm-up pair, alternating, 7 runs each, fresh index per run.
-    Goal: ingest ≥ 0.9x raw posting.
+    Goal: ingest ≥ 0.9x raw posting. Measured twice: with client and server sharing both CPUs (on 2
+    cores the ingest's parsing takes CPU from the server, which raw posting of ready bodies barely
+    does), and with the server pinned to CPU 1 and the client to CPU 0 — the shape of a deployment,
+    where the cluster runs on machines of its own.
 
 Run: .venv/bin/python bench/batch_ingest.py [--memory-only | --throughput-only] [--gb 1.0] [--docs 20000]
+     [--cpus shared|separate|both]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from _common import fresh_index, median_rate, search_server
+from _common import fresh_index, median_rate, pin_process, search_server
 from elasticsearch import Elasticsearch
 
 from lake_sync.batch.ingest import IngestState, run_ingest
@@ -363,8 +367,20 @@ def ingest_file(client: Elasticsearch, path: Path, documents: int, tmp: Path) ->
         client.indices.delete(index=index)
 
 
-def bench_throughput(documents: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-batch-ingest-") as tmp, search_server() as es_url:
+def bench_throughput(documents: int, *, separate_cpus: bool) -> None:
+    all_cpus = os.sched_getaffinity(0)
+    if separate_cpus:
+        # Before any client thread starts, so every one of them inherits CPU 0.
+        pin_process(os.getpid(), {0})
+    print(f"--- throughput, {'client on CPU 0, server on CPU 1' if separate_cpus else 'CPUs shared'} ---")
+    try:
+        _bench_throughput(documents, server_cpus={1} if separate_cpus else None)
+    finally:
+        pin_process(os.getpid(), all_cpus)
+
+
+def _bench_throughput(documents: int, *, server_cpus: set[int] | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-batch-ingest-") as tmp, search_server(cpus=server_cpus) as es_url:
         path = Path(tmp) / "output.jsonl"
         with path.open("wb") as file:
             file.writelines(output_lines(documents))
@@ -410,12 +426,17 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=20_000, help="documents for (b) (default 20000)")
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--throughput-only", action="store_true")
+    parser.add_argument(
+        "--cpus", choices=("shared", "separate", "both"), default="both", help="CPU layout(s) for (b) (default both)"
+    )
     args = parser.parse_args()
     if args.child:
         child(Path(args.child[0]), args.child[1], Path(args.child[2]))
         return
     if not args.memory_only:
-        bench_throughput(args.docs)
+        for layout in ("shared", "separate"):
+            if args.cpus in (layout, "both"):
+                bench_throughput(args.docs, separate_cpus=layout == "separate")
     if not args.throughput_only:
         bench_memory(args.gb)
 
