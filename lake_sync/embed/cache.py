@@ -179,7 +179,10 @@ class EmbeddingCache:
                 exists = self._connection.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'unshared'"
                 ).fetchone()
-                if not exists:
+                # Without a location nothing waits for upload (it would cost a write per vector), unless
+                # a location was set before: the first run with one queues every vector cached until then.
+                self._tracks_unshared = bool(exists) or self.shared is not None
+                if not exists and self.shared is not None:
                     # AUTOINCREMENT: ids never come back, so an export deletes exactly the rows it uploaded.
                     self._connection.execute(
                         "CREATE TABLE unshared (id INTEGER PRIMARY KEY AUTOINCREMENT, key BLOB NOT NULL UNIQUE)"
@@ -292,7 +295,10 @@ class EmbeddingCache:
         ]
         with self._lock, self._connection:
             self._connection.executemany("INSERT OR IGNORE INTO vectors (key, dims, vector) VALUES (?, ?, ?)", rows)
-            self._connection.executemany("INSERT OR IGNORE INTO unshared (key) VALUES (?)", [(key,) for key in keys])
+            if self._tracks_unshared:
+                self._connection.executemany(
+                    "INSERT OR IGNORE INTO unshared (key) VALUES (?)", [(key,) for key in keys]
+                )
 
 
 def _key(model_id: str, content: bytes) -> bytes:

@@ -172,10 +172,21 @@ def test_vectors_cached_before_sharing_was_configured_go_out_with_the_first_shar
     local_only.embed_texts(HashingEmbedder(8), TEXTS)
     local_only.close()
 
+    # Without a location nothing is queued for upload: no write per vector for it.
+    with closing(sqlite3.connect(tmp_path / "a" / "embeddings.sqlite")) as connection:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
     with machine(tmp_path, "a", s3_server, location) as cache_a:
         pass
+    # Sharing switched off again: what is cached meanwhile still waits for the next shared run.
+    switched_off = EmbeddingCache(tmp_path / "a" / "embeddings.sqlite")
+    switched_off.embed_texts(HashingEmbedder(8), ["cached while sharing was off"])
+    switched_off.close()
+    with machine(tmp_path, "a", s3_server, location) as again:
+        pass
 
-    assert cache_a.exported == 30
+    assert "unshared" not in tables
+    assert (cache_a.exported, again.exported) == (30, 1)
 
 
 def test_a_failed_upload_keeps_the_vectors_waiting_and_a_later_run_uploads_them(
