@@ -18,6 +18,7 @@ from elasticsearch import Elasticsearch
 
 from lake_sync.config import TaskFile, parse_task_file
 from lake_sync.index.aliases import physical_indexes
+from lake_sync.local.model_server import ModelServer, running_model_server
 from lake_sync.local.search_server import start_search_server
 from lake_sync_tests.s3_server import S3Server, running_s3_server
 
@@ -55,6 +56,13 @@ def index_name(es: Elasticsearch) -> Iterator[str]:
 def s3_server() -> Iterator[S3Server]:
     """A real local S3 server (moto on 127.0.0.1, port 0) for a module's tests; each test makes its own bucket."""
     with running_s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def model_server(tmp_path: Path) -> Iterator[ModelServer]:
+    """The project's OpenAI-compatible server on 127.0.0.1, serving the zero-cost `hash:8` as model `hash-8`."""
+    with running_model_server(models={"hash-8": "hash:8"}, storage_dir=tmp_path / "models") as server:
         yield server
 
 

@@ -1,14 +1,14 @@
-"""Fixtures for batch ingest: JSONL writers, a real moto S3 server, the real model server, and dead letters.
+"""Fixtures for batch ingest: JSONL writers, a bucket of the real local S3 server, and dead letters.
 
-moto's ThreadedMotoServer listens on 127.0.0.1 with port 0 and is stopped after the module; the model
-server is `running_model_server` (uvicorn in a thread) with the hashing model only.
+The S3 server (`s3_server`) and the model server (`model_server`, the hashing model only) are the
+root conftest's: moto and uvicorn on 127.0.0.1 with port 0, stopped after the module or test.
 """
 
 from __future__ import annotations
 
 import gzip
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from elasticsearch import Elasticsearch
 from lake_sync.batch.ingest import IngestResult, run_ingest
 from lake_sync.batch.request import parse_request
 from lake_sync.index.dead_letters import DeadLetterFile, read_dead_letters
-from lake_sync.local.model_server import ModelServer, running_model_server
 from lake_sync_tests.s3_server import S3Server
 
 S3_CREDENTIAL = {"region": "us-east-1", "access_key": "testing", "secret_key": "testing"}
@@ -127,9 +126,3 @@ def s3(s3_url: str) -> Any:
     for item in client.list_objects_v2(Bucket="bucket").get("Contents", []):
         client.delete_object(Bucket="bucket", Key=item["Key"])
     client.delete_bucket(Bucket="bucket")
-
-
-@pytest.fixture
-def model_server(tmp_path: Path) -> Iterator[ModelServer]:
-    with running_model_server(models={"hash-8": "hash:8"}, storage_dir=tmp_path / "models") as server:
-        yield server

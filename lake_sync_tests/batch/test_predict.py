@@ -6,7 +6,6 @@ Paimon snapshot → run_predict → openai client → running_model_server batch
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +49,6 @@ ROWS = pa.table(
 
 
 @pytest.fixture
-def models(tmp_path: Path) -> Iterator[ModelServer]:
-    with running_model_server(models={MODEL: "hash:8"}, storage_dir=tmp_path / "models") as server:
-        yield server
-
-
-@pytest.fixture
 def items(warehouse: str) -> Any:
     return write_paimon_table(warehouse, "db.items", ROWS, primary_keys=None)
 
@@ -72,8 +65,8 @@ def offline_tasks(
     return task_file(connections=connections, primary_key="id", transforms=transforms, **task)
 
 
-def server_batches(models: ModelServer) -> list[Any]:
-    with openai.OpenAI(base_url=models.base_url, api_key="unused") as client:
+def server_batches(model_server: ModelServer) -> list[Any]:
+    with openai.OpenAI(base_url=model_server.base_url, api_key="unused") as client:
         return list(client.batches.list(limit=100))
 
 
@@ -93,10 +86,10 @@ def test_predict_then_ingest_writes_every_document_with_the_models_vector(
     es_url: str,
     es: Elasticsearch,
     index_name: str,
-    models: ModelServer,
+    model_server: ModelServer,
     items: Any,
 ) -> None:
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url)
 
     manifest = run_predict(tasks, "items", poll=FAST)
     summary = ingest_predictions(tasks, manifest.path)
@@ -137,17 +130,17 @@ def test_predict_splits_requests_into_files_within_the_limits(
     es_url: str,
     es: Elasticsearch,
     index_name: str,
-    models: ModelServer,
+    model_server: ModelServer,
     items: Any,
     limits: BatchLimits,
     files: int,
 ) -> None:
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url)
 
     manifest = run_predict(tasks, "items", limits=limits, poll=FAST)
     summary = ingest_predictions(tasks, manifest)
 
-    assert len(manifest.files) == files == len(server_batches(models)) == manifest.batches_created
+    assert len(manifest.files) == files == len(server_batches(model_server)) == manifest.batches_created
     for file in manifest.files:
         content = Path(file.input_path).read_bytes()
         assert file.requests == content.count(b"\n") <= limits.max_requests
@@ -179,10 +172,10 @@ def test_resumed_predict_reuses_the_batches_already_submitted(
     es_url: str,
     es: Elasticsearch,
     index_name: str,
-    models: ModelServer,
+    model_server: ModelServer,
     items: Any,
 ) -> None:
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url)
     limits = BatchLimits(max_requests=4)
     with pytest.raises(_Crash):
         run_predict(tasks, "items", limits=limits, poll=FAST, log=crash_after_batches(2))
@@ -193,7 +186,7 @@ def test_resumed_predict_reuses_the_batches_already_submitted(
     commit_rows(items, pa.table({"id": ["late"], "title": ["a late row"], "price": [99.0]}))
 
     manifest = run_predict(tasks, "items", limits=limits, poll=FAST)
-    batches_after_resume = len(server_batches(models))
+    batches_after_resume = len(server_batches(model_server))
     ingest_predictions(tasks, manifest)
     again = run_predict(tasks, "items", limits=limits, poll=FAST)
 
@@ -203,13 +196,13 @@ def test_resumed_predict_reuses_the_batches_already_submitted(
     assert manifest.is_complete and manifest.snapshot_id == 1
     assert len(indexed(es, index_name)) == 10 and "late" not in indexed(es, index_name)
     # Once snapshot 1's job is finished, the next run stages the latest snapshot.
-    assert again.snapshot_id == 2 and len(server_batches(models)) == 6
+    assert again.snapshot_id == 2 and len(server_batches(model_server)) == 6
 
 
 def test_resumed_predict_finds_a_batch_whose_id_a_crash_lost(
-    task_file: TaskFileFactory, warehouse: str, es_url: str, models: ModelServer, items: Any
+    task_file: TaskFileFactory, warehouse: str, es_url: str, model_server: ModelServer, items: Any
 ) -> None:
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url)
     limits = BatchLimits(max_requests=5)
     with pytest.raises(_Crash):
         run_predict(tasks, "items", limits=limits, poll=FAST, log=crash_after_batches(1))
@@ -221,7 +214,7 @@ def test_resumed_predict_finds_a_batch_whose_id_a_crash_lost(
 
     manifest = run_predict(tasks, "items", limits=limits, poll=FAST)
 
-    assert len(server_batches(models)) == 2 == manifest.batches_created
+    assert len(server_batches(model_server)) == 2 == manifest.batches_created
     assert manifest.files[0].batch_id == lost.files[0].batch_id and manifest.is_complete
 
 
@@ -278,10 +271,10 @@ def test_requests_the_model_rejects_are_dead_letters_and_their_documents_are_wri
     es_url: str,
     es: Elasticsearch,
     index_name: str,
-    models: ModelServer,
+    model_server: ModelServer,
     items: Any,
 ) -> None:
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url, model="not-served")
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url, model="not-served")
 
     manifest = run_predict(tasks, "items", poll=FAST)
     summary = ingest_predictions(tasks, manifest)
@@ -302,10 +295,10 @@ def test_ingest_writes_through_the_alias_of_an_index_the_sync_built(
     es_url: str,
     es: Elasticsearch,
     index_name: str,
-    models: ModelServer,
+    model_server: ModelServer,
     items: Any,
 ) -> None:
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url, fields=["id", "title"])
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url, fields=["id", "title"])
     run_sync(tasks, "items", mode=SyncMode.FULL)
     commit_rows(items, pa.table({"id": ["p1"], "title": ["a renamed teapot"], "price": [1.0]}))
 
@@ -329,10 +322,10 @@ def test_predict_refuses_tasks_whose_transforms_the_batch_api_cannot_run(
 
 
 def test_predict_dead_letters_a_request_too_large_for_any_file(
-    task_file: TaskFileFactory, warehouse: str, es_url: str, models: ModelServer
+    task_file: TaskFileFactory, warehouse: str, es_url: str, model_server: ModelServer
 ) -> None:
     write_paimon_table(warehouse, "db.items", pa.table({"id": ["short", "long"], "title": ["a mug", "tea " * 100]}))
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url)
 
     manifest = run_predict(tasks, "items", limits=BatchLimits(max_bytes=250), poll=FAST)
 
@@ -351,10 +344,10 @@ def test_predict_records_its_snapshot_as_the_cursor_so_the_next_sync_continues_i
     es_url: str,
     es: Elasticsearch,
     index_name: str,
-    models: ModelServer,
+    model_server: ModelServer,
     items: Any,
 ) -> None:
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url)
 
     manifest = run_predict(tasks, "items", poll=FAST)
     summary = ingest_predictions(tasks, manifest)
@@ -379,10 +372,10 @@ def test_predict_deletes_documents_its_snapshot_lacks_before_recording_the_curso
     es_url: str,
     es: Elasticsearch,
     index_name: str,
-    models: ModelServer,
+    model_server: ModelServer,
     items: Any,
 ) -> None:
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url)
     run_sync(tasks, "items", mode=SyncMode.FULL)
     # As a row deleted from the table after the sync would leave it (Paimon deletes need a keyed table).
     es.index(index=index_name, id="gone", document={"title": "deleted from the table"}, refresh=True)
@@ -399,10 +392,10 @@ def test_predict_sets_back_the_cursor_of_a_sync_that_got_further_so_the_next_syn
     es_url: str,
     es: Elasticsearch,
     index_name: str,
-    models: ModelServer,
+    model_server: ModelServer,
     items: Any,
 ) -> None:
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url)
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url)
     manifest = run_predict(tasks, "items", poll=FAST)
     commit_rows(items, pa.table({"id": ["late"], "title": ["a late kettle"], "price": [99.0]}))
     run_sync(tasks, "items")
@@ -436,7 +429,7 @@ def test_predict_ingest_past_the_tasks_error_budget_fails_and_leaves_the_cursor(
     es_url: str,
     es: Elasticsearch,
     index_name: str,
-    models: ModelServer,
+    model_server: ModelServer,
     items: Any,
     errors: dict[str, Any],
     model: str,
@@ -444,7 +437,7 @@ def test_predict_ingest_past_the_tasks_error_budget_fails_and_leaves_the_cursor(
     written: int,
     letters: int,
 ) -> None:
-    tasks = offline_tasks(task_file, warehouse, es_url, models.base_url, model=model, errors=errors)
+    tasks = offline_tasks(task_file, warehouse, es_url, model_server.base_url, model=model, errors=errors)
     manifest = run_predict(tasks, "items", poll=FAST)
 
     with pytest.raises(TooManyErrorsError) as failure:

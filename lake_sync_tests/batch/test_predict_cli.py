@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,18 +13,12 @@ import pytest
 import yaml
 from elasticsearch import Elasticsearch
 
-from lake_sync.local.model_server import ModelServer, running_model_server
+from lake_sync.local.model_server import ModelServer
 from lake_sync_tests.conftest import write_paimon_table
 
 
 @pytest.fixture
-def models(tmp_path: Path) -> Iterator[ModelServer]:
-    with running_model_server(models={"hash-8": "hash:8"}, storage_dir=tmp_path / "models") as server:
-        yield server
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, warehouse: str, es_url: str, index_name: str, models: ModelServer) -> Path:
+def workdir(tmp_path: Path, warehouse: str, es_url: str, index_name: str, model_server: ModelServer) -> Path:
     rows = pa.table({"sku": ["k1", "k2", "k3"], "name": ["Trail boots", "Tea kettle", "Rain coat"]})
     write_paimon_table(warehouse, "db.goods", rows, primary_keys=None)
     source = {"connection": "lake", "database": "db", "table": "goods"}
@@ -33,7 +26,7 @@ def workdir(tmp_path: Path, warehouse: str, es_url: str, index_name: str, models
         "connections": {
             "lake": {"type": "paimon", "warehouse": warehouse},
             "es": {"type": "elasticsearch", "hosts": [es_url]},
-            "models": {"type": "openai", "base_url": models.base_url, "dims": {"hash-8": 8}},
+            "models": {"type": "openai", "base_url": model_server.base_url, "dims": {"hash-8": 8}},
         },
         "tasks": [
             {

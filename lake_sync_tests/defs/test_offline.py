@@ -4,7 +4,6 @@ local search server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +17,7 @@ from lake_sync.defs.definitions import build_defs
 from lake_sync.defs.jobs import INDEX_TAG, TASK_TAG
 from lake_sync.defs.offline import INGEST_POOL, INGEST_TAG, PredictConfig, offline_job_name
 from lake_sync.embed.hashing import HashingEmbedder
-from lake_sync.local.model_server import ModelServer, running_model_server
+from lake_sync.local.model_server import ModelServer
 from lake_sync_tests.conftest import write_paimon_table
 
 DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
@@ -26,20 +25,14 @@ ROWS = pa.table({"id": ["a", "b", "c"], "title": ["Blue kettle", "Red kettle", "
 
 
 @pytest.fixture
-def models(tmp_path: Path) -> Iterator[ModelServer]:
-    with running_model_server(models={"hash-8": "hash:8"}, storage_dir=tmp_path / "models") as server:
-        yield server
-
-
-@pytest.fixture
-def offline_task_file(tmp_path: Path, warehouse: str, es_url: str, index_name: str, models: ModelServer) -> Path:
+def offline_task_file(tmp_path: Path, warehouse: str, es_url: str, index_name: str, model_server: ModelServer) -> Path:
     write_paimon_table(warehouse, "db.kettles", ROWS, primary_keys=None)
     source = {"connection": "lake", "database": "db", "table": "kettles"}
     document = {
         "connections": {
             "lake": {"type": "paimon", "warehouse": warehouse},
             "es": {"type": "elasticsearch", "hosts": [es_url]},
-            "models": {"type": "openai", "base_url": models.base_url, "dims": {"hash-8": 8}},
+            "models": {"type": "openai", "base_url": model_server.base_url, "dims": {"hash-8": 8}},
         },
         "tasks": [
             {
