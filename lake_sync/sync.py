@@ -408,8 +408,7 @@ class _Run:
             f"For zero-downtime resyncs, reindex it into '{index}-1', delete '{index}' and add the "
             f"alias '{index}' → '{index}-1' (or delete it and sync again)"
         )
-        if ensure_index(self.client, index, self.plan.mappings):
-            self._map_missing_fields(index)
+        ensure_index(self.client, index, self.plan.mappings)
         if snapshot is not None:
             seen: set[str] = set()
             self._write(index, self._snapshot_actions(snapshot, seen_ids=seen))
@@ -417,15 +416,6 @@ class _Run:
             self._write(index, stale)
         self._finish(index)
         return self._result(SyncMode.FULL, index, index, cursor.snapshot_id if cursor else None)
-
-    def _map_missing_fields(self, index: str) -> None:
-        """Map the task's fields an existing index lacks before any document arrives: dynamic
-        mapping would guess (a vector becomes a float array that kNN queries reject)."""
-        existing = self.client.indices.get_mapping(index=index)
-        mapped = {name for body in existing.body.values() for name in body.get("mappings", {}).get("properties", {})}
-        missing = {name: spec for name, spec in self.plan.mappings["properties"].items() if name not in mapped}
-        if missing:
-            self.client.indices.put_mapping(index=index, properties=missing)
 
     def _catch_up(self, index: str, synced: int) -> None:
         """Apply commits that landed while the new index was built, until none are left."""

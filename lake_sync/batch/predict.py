@@ -713,12 +713,6 @@ def _prepare_index(client: Elasticsearch, name: str, mappings: dict[str, Any]) -
         swap_alias(client, name, index, None)
         return index
     ensure_index(client, target.write_index, mappings)
-    # An existing index lacking a vector field would map it dynamically as floats that kNN cannot query.
-    existing = client.indices.get_mapping(index=target.write_index).body
-    mapped = {field for body in existing.values() for field in body.get("mappings", {}).get("properties", {})}
-    missing = {field: spec for field, spec in mappings["properties"].items() if field not in mapped}
-    if missing:
-        client.indices.put_mapping(index=target.write_index, properties=missing)
     return target.write_index
 
 

@@ -12,11 +12,21 @@ from lake_sync.index.mapping import check_mapping
 
 
 def ensure_index(client: Elasticsearch, index: str, mappings: dict[str, Any]) -> bool:
-    """Create `index` with `mappings`, or check the existing one against them; True if it existed."""
+    """Create `index` with `mappings`, or check the existing one against them and map the fields it
+    lacks; True if it existed.
+
+    Lacking fields are mapped before any document arrives: dynamic mapping would guess (a vector
+    becomes a float array that kNN queries reject).
+    """
     existing = client.options(ignore_status=404).indices.get_mapping(index=index)
     if existing.meta.status == 200:
+        mapped: set[str] = set()
         for mapping in existing.body.values():
             check_mapping(index, mapping.get("mappings", {}), mappings)
+            mapped.update(mapping.get("mappings", {}).get("properties", {}))
+        missing = {name: spec for name, spec in mappings["properties"].items() if name not in mapped}
+        if missing:
+            client.indices.put_mapping(index=index, properties=missing)
         return True
     try:
         client.indices.create(index=index, mappings=mappings)

@@ -87,6 +87,18 @@ def test_ensure_index_accepts_an_existing_wider_numeric_or_text_keyword_field(es
     assert ensure_index(es, index_name, wanted) is True
 
 
+def test_ensure_index_maps_the_vector_field_an_existing_index_lacks_before_any_document(
+    es: Elasticsearch, index_name: str
+):
+    es.indices.create(index=index_name, mappings={"properties": {"id": {"type": "keyword"}}})
+
+    existed = ensure_index(es, index_name, build_mappings({"id": pa.string()}, {"vec": 8}, keyword_fields={"id"}))
+
+    properties = es.indices.get_mapping(index=index_name)[index_name]["mappings"]["properties"]
+    assert existed is True
+    assert properties["vec"]["type"] == "dense_vector" and properties["vec"]["dims"] == 8
+
+
 @pytest.mark.parametrize(
     ("existing", "columns", "vectors", "message"),
     [
